@@ -1,0 +1,3 @@
+"""jaxmed: JAX library for medical-image anomaly detection and classification research."""
+
+__version__ = "0.1.0"
