@@ -86,6 +86,27 @@ def sensitivity_at_specificity(scores: Array, labels: Array, *, specificity: flo
     return jnp.max(jnp.where(allowed, tpr, 0.0))
 
 
+def roc_curve(scores: Array, labels: Array) -> tuple[Array, Array]:
+    """ROC curve points ``(fpr, tpr)``, from (0, 0) to (1, 1).
+
+    One point per distinct score (the threshold is ``score >= s``), in
+    descending threshold order, with (0, 0) prepended. Not jittable: the
+    number of points depends on the number of distinct scores.
+
+    Args:
+      scores: ``[n]`` float, higher = more abnormal.
+      labels: ``[n]`` 0/1 or bool, 1 = abnormal.
+
+    Returns:
+      ``fpr, tpr``, each ``[m + 1]`` for ``m`` distinct scores.
+    """
+    tp, fp, is_point = _ranked_counts(scores, labels)
+    keep = jnp.flatnonzero(is_point)
+    fpr = jnp.concatenate([jnp.zeros(1), fp[keep] / fp[-1]])
+    tpr = jnp.concatenate([jnp.zeros(1), tp[keep] / tp[-1]])
+    return fpr, tpr
+
+
 def _ranked_counts(scores: Array, labels: Array) -> tuple[Array, Array, Array]:
     """Cumulative true and false positives, in descending score order.
 

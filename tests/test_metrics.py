@@ -68,3 +68,13 @@ def test_bootstrap_interval_covers_estimate_and_matches_numpy_resampling():
     low, high = np.quantile(values, [0.025, 0.975])
     assert abs(float(interval.low) - low) < 0.03
     assert abs(float(interval.high) - high) < 0.03
+
+
+def test_roc_curve_matches_sklearn():
+    from jaxmed.metrics import roc_curve as jax_roc_curve
+
+    scores, labels = _data(11, n=50)
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    got_fpr, got_tpr = jax_roc_curve(scores, labels)
+    np.testing.assert_allclose(got_fpr, fpr, atol=1e-6)
+    np.testing.assert_allclose(got_tpr, tpr, atol=1e-6)
