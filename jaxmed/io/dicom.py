@@ -1,0 +1,722 @@
+"""DICOM files: opening, per-frame geometry, pixel values, and stacking into a `Volume`.
+
+Pixel data are decoded only by pydicom (``Dataset.pixel_array``) and the
+modality LUT (rescale slope/intercept, or a Modality LUT Sequence) is applied
+by pydicom's ``apply_modality_lut``; for enhanced multi-frame images it is
+applied frame by frame with the slope/intercept of each frame's functional
+groups. The axis order and patient-coordinate convention are in
+`jaxmed.io.volume`.
+
+Only greyscale images (MONOCHROME1/MONOCHROME2, one sample per pixel) are
+read; colour images raise `ImageReadError` ("colour images are not
+supported"). MONOCHROME1 values are kept as stored (low values display
+bright); only the modality LUT is applied, never a VOI or presentation LUT.
+
+Files without the 128-byte preamble and ``DICM`` prefix (raw data sets, as
+written by some old software) are read when their first bytes are a group
+0x0002 or 0x0008 tag; the transfer syntax is then taken from what pydicom
+detects (implicit/explicit VR, byte order). Anything else without the prefix
+is reported as "not a DICOM file" without being parsed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from jaxmed.io import geometry
+from jaxmed.io.volume import ImageReadError, Volume
+
+__all__ = ["DicomHeader", "FrameHeader", "read_dicom", "read_header", "stack_files"]
+
+# First two bytes of a raw (prefix-less) data set: a tag of group 0x0002 or
+# 0x0008 in little- or big-endian byte order.
+_RAW_DATASET_STARTS = (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
+_GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
+# pydicom names a missing plugin by its import name; pip knows some otherwise.
+_PIP_NAMES = {"gdcm": "python-gdcm"}
+_MAX_PROBLEM_CHARS = 300
+
+
+class FrameHeader(NamedTuple):
+    """Geometry and identity of one 2D frame, read from the header only.
+
+    Attributes:
+        path: the file holding the frame.
+        frame: index of the frame within the file (0 for single-frame files).
+        rows, columns: frame size in pixels.
+        position: ImagePositionPatient ``(x, y, z)`` LPS mm, or None.
+        orientation: ImageOrientationPatient (6 cosines), or None.
+        pixel_spacing: ``(row spacing, column spacing)`` mm, or None.
+        slice_gap: SpacingBetweenSlices, else SliceThickness (mm), or None;
+            used only when positions are missing.
+        instance_number: InstanceNumber, or None.
+        rescale: ``(slope, intercept)`` from the frame's functional groups
+            (enhanced multi-frame), or None: then the top-level modality LUT
+            applies.
+    """
+
+    path: str
+    frame: int
+    rows: int
+    columns: int
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None
+    pixel_spacing: tuple[float, float] | None
+    slice_gap: float | None
+    instance_number: int | None
+    rescale: tuple[float, float] | None
+
+
+@dataclass(frozen=True, eq=False)
+class DicomHeader:
+    """What one DICOM image file holds, without its pixel values.
+
+    Attributes:
+        path: the file.
+        dataset: the pydicom data set (read with or without pixel data).
+        frames: one `FrameHeader` per frame, in file order.
+        modality: Modality, or "".
+        series_uid: SeriesInstanceUID, or None.
+        sop_instance_uid: SOPInstanceUID, or "".
+        series_number: SeriesNumber, or None.
+        notes: assumptions made while reading the header.
+    """
+
+    path: str
+    dataset: object
+    frames: tuple[FrameHeader, ...]
+    modality: str
+    series_uid: str | None
+    sop_instance_uid: str
+    series_number: int | None
+    notes: tuple[str, ...] = ()
+
+
+def _short(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}".replace("\n", " ")
+    return text if len(text) <= _MAX_PROBLEM_CHARS else text[: _MAX_PROBLEM_CHARS - 3] + "..."
+
+
+def _open_dataset(path: str, *, stop_before_pixels: bool):
+    """dcmread with every failure turned into an ImageReadError naming the file."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    if not os.path.exists(path):
+        raise ImageReadError(path, "no such file")
+    if not os.path.isfile(path):
+        # FIFOs and devices would block a read; folders belong to read_series.
+        raise ImageReadError(path, "not a regular file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError as err:
+        raise ImageReadError(path, f"cannot be opened ({_short(err)})") from None
+    if not head:
+        raise ImageReadError(path, "empty file")
+    has_prefix = len(head) == 132 and head[128:132] == b"DICM"
+    if not has_prefix and head[:2] not in _RAW_DATASET_STARTS:
+        raise ImageReadError(
+            path, "not a DICOM file (no 'DICM' prefix at byte 128 and no DICOM data set at the start)"
+        )
+    try:
+        ds = pydicom.dcmread(path, force=not has_prefix, stop_before_pixels=stop_before_pixels)
+    except Exception as err:  # pydicom raises many types for corrupt or cut-short data
+        raise ImageReadError(
+            path, f"DICOM data could not be parsed, file corrupt or truncated? ({_short(err)})"
+        ) from None
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        if has_prefix:
+            raise ImageReadError(
+                path,
+                "the file meta information has no Transfer Syntax UID (0002,0010), so its data cannot be "
+                "interpreted (file truncated or written incorrectly?)",
+            )
+        implicit, little = ds.original_encoding
+        if meta is None:
+            ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
+    return ds
+
+
+def _floats(value, n: int) -> tuple[float, ...] | None:
+    """`n` finite floats from a DS/FD value, or None if absent or malformed."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") else list(value)
+    try:
+        values = tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        return None
+    if len(values) != n or not all(np.isfinite(values)):
+        return None
+    return values
+
+
+def _int(value) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _group_item(ds, frame: int, sequence: str):
+    """The item of a functional-group macro for one frame: per-frame, else shared."""
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        items = ds.get(groups)
+        if items is not None and len(items) > index:
+            macro = items[index].get(sequence)
+            if macro is not None and len(macro) > 0:
+                return macro[0]
+    return None
+
+
+def _attr(item, keyword):
+    return None if item is None else item.get(keyword)
+
+
+def _frame_count(ds) -> int:
+    count = _int(ds.get("NumberOfFrames"))
+    return count if count and count > 0 else 1
+
+
+def _orientation(values: tuple[float, ...] | None, path: str) -> tuple[float, ...] | None:
+    if values is None:
+        return None
+    row, col = np.asarray(values[:3]), np.asarray(values[3:])
+    nr, nc = np.linalg.norm(row), np.linalg.norm(col)
+    if nr < 0.5 or nc < 0.5:
+        raise ImageReadError(
+            path, f"ImageOrientationPatient {list(values)} does not hold two direction cosines"
+        )
+    row, col = row / nr, col / nc
+    if abs(float(row @ col)) > 0.01:
+        raise ImageReadError(
+            path, f"ImageOrientationPatient {list(values)}: row and column directions are not perpendicular"
+        )
+    return tuple(float(v) for v in np.concatenate([row, col]))
+
+
+class _Plane(NamedTuple):
+    position: tuple[float, ...] | None
+    orientation: tuple[float, ...] | None
+    pixel_spacing: tuple[float, ...] | None
+    gap: float | None
+    rescale: tuple[float, float] | None = None
+
+
+_SPACING_KEYWORDS = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
+
+
+def _check_greyscale_image(ds, path: str, *, with_pixels: bool) -> None:
+    rows, columns = _int(ds.get("Rows")), _int(ds.get("Columns"))
+    has_pixels = any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+    if not rows or not columns or (with_pixels and not has_pixels):
+        sop = ds.get("SOPClassUID") or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", None)
+        kind = getattr(sop, "name", None) or (str(sop) if sop else "unknown SOP class")
+        if rows or kind.endswith("Image Storage"):
+            raise ImageReadError(path, f"no pixel data although it is a {kind} object (file truncated?)")
+        raise ImageReadError(path, f"no pixel data: not an image ({kind})")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    samples = _int(ds.get("SamplesPerPixel")) or 1
+    if samples != 1 or photometric not in _GREYSCALE:
+        raise ImageReadError(
+            path,
+            f"colour images are not supported (PhotometricInterpretation {photometric!r}, "
+            f"{samples} sample(s) per pixel); jaxmed reads greyscale images only",
+        )
+
+
+def _top_plane(ds, path: str, notes: list[str]) -> _Plane:
+    """Geometry from the top-level attributes (single-frame and legacy multi-frame images)."""
+    spacing = None
+    for keyword in _SPACING_KEYWORDS:
+        spacing = _floats(ds.get(keyword), 2)
+        if spacing is not None:
+            if keyword != "PixelSpacing":
+                notes.append(f"pixel spacing from {keyword} (not calibrated at the patient)")
+            break
+    gap = _floats(ds.get("SpacingBetweenSlices"), 1) or _floats(ds.get("SliceThickness"), 1)
+    return _Plane(
+        position=_floats(ds.get("ImagePositionPatient"), 3),
+        orientation=_orientation(_floats(ds.get("ImageOrientationPatient"), 6), path),
+        pixel_spacing=spacing,
+        gap=gap[0] if gap else None,
+    )
+
+
+def _enhanced_plane(ds, frame: int, top: _Plane, path: str) -> _Plane:
+    """One frame's geometry and rescale from the functional groups (per-frame, else shared)."""
+    plane = _group_item(ds, frame, "PlanePositionSequence")
+    orient = _group_item(ds, frame, "PlaneOrientationSequence")
+    measures = _group_item(ds, frame, "PixelMeasuresSequence")
+    transform = _group_item(ds, frame, "PixelValueTransformationSequence")
+    gap = _floats(_attr(measures, "SpacingBetweenSlices"), 1) or _floats(_attr(measures, "SliceThickness"), 1)
+    slope = _floats(_attr(transform, "RescaleSlope"), 1)
+    intercept = _floats(_attr(transform, "RescaleIntercept"), 1)
+    return _Plane(
+        position=_floats(_attr(plane, "ImagePositionPatient"), 3) or top.position,
+        orientation=_orientation(_floats(_attr(orient, "ImageOrientationPatient"), 6), path)
+        or top.orientation,
+        pixel_spacing=_floats(_attr(measures, "PixelSpacing"), 2) or top.pixel_spacing,
+        gap=gap[0] if gap else top.gap,
+        rescale=(slope[0], intercept[0]) if slope and intercept else None,
+    )
+
+
+def _legacy_frame_plane(top: _Plane, offsets: tuple[float, ...] | None, frame: int) -> _Plane:
+    """A frame of a multi-frame image without functional groups."""
+    if offsets is None or top.position is None or top.orientation is None:
+        # One ImagePositionPatient for many frames is not a per-frame position.
+        return top._replace(position=None)
+    # GridFrameOffsetVector (RT Dose): offsets along the normal, relative to the
+    # first frame (its first value is 0, or the first frame's z when absolute).
+    shift = (offsets[frame] - offsets[0]) * geometry.slice_normal(top.orientation)
+    return top._replace(position=tuple(float(v) for v in np.asarray(top.position) + shift))
+
+
+def _frame_planes(ds, path: str, notes: list[str]) -> list[_Plane]:
+    n_frames = _frame_count(ds)
+    top = _top_plane(ds, path, notes)
+    if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
+        return [_enhanced_plane(ds, k, top, path) for k in range(n_frames)]
+    if n_frames == 1:
+        return [top]
+    offsets = _floats(ds.get("GridFrameOffsetVector"), n_frames)
+    return [_legacy_frame_plane(top, offsets, k) for k in range(n_frames)]
+
+
+def read_header(path, *, dataset=None) -> DicomHeader:
+    """Reads the header of a DICOM image file (no pixel decoding).
+
+    Args:
+        path: the file.
+        dataset: an already-read data set of `path`, with its pixel data
+            (skips reading).
+
+    Returns:
+        The header, with one `FrameHeader` per frame. Enhanced multi-frame
+        geometry and rescale come from the functional groups
+        (PlanePositionSequence, PlaneOrientationSequence, PixelMeasuresSequence,
+        PixelValueTransformationSequence; per-frame before shared); RT Dose
+        frame positions from GridFrameOffsetVector.
+
+    Raises:
+        ImageReadError: not DICOM, unparsable, no image (no pixel data), colour,
+            or malformed geometry.
+    """
+    path = os.fspath(path)
+    ds = dataset if dataset is not None else _open_dataset(path, stop_before_pixels=True)
+    try:
+        _check_greyscale_image(ds, path, with_pixels=dataset is not None)
+        notes: list[str] = []
+        planes = _frame_planes(ds, path, notes)
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        instance_number = _int(ds.get("InstanceNumber"))
+        series_uid = ds.get("SeriesInstanceUID")
+        frames = tuple(
+            FrameHeader(
+                path=path,
+                frame=k,
+                rows=rows,
+                columns=columns,
+                position=p.position,
+                orientation=p.orientation,
+                pixel_spacing=p.pixel_spacing,
+                slice_gap=p.gap,
+                instance_number=instance_number,
+                rescale=p.rescale,
+            )
+            for k, p in enumerate(planes)
+        )
+        return DicomHeader(
+            path=path,
+            dataset=ds,
+            frames=frames,
+            modality=str(ds.get("Modality", "") or ""),
+            series_uid=str(series_uid) if series_uid else None,
+            sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),
+            series_number=_int(ds.get("SeriesNumber")),
+            notes=tuple(notes),
+        )
+    except ImageReadError:
+        raise
+    except Exception as err:  # pydicom converts values lazily; malformed ones raise here
+        raise ImageReadError(path, f"malformed DICOM header ({_short(err)})") from None
+
+
+def _install_hint(decoder, lead: str) -> str:
+    """pip names of the decoders pydicom knows but cannot use, e.g. "; install one of: python-gdcm"."""
+    options = []
+    for line in decoder.missing_dependencies:
+        _, _, needs = line.partition(" - requires ")
+        names = []
+        for req in needs.split(" and "):
+            name = req.strip().split(">")[0].split("=")[0].split("<")[0].strip()
+            if name and name != "numpy":
+                names.append(_PIP_NAMES.get(name, name))
+        if names:
+            options.append(" + ".join(names))
+    return f"; {lead}: " + ", ".join(options) if options else ""
+
+
+def _decode_problem(ds, err: BaseException) -> str:
+    from pydicom.pixels import get_decoder
+
+    uid = ds.file_meta.TransferSyntaxUID
+    name = getattr(uid, "name", str(uid))
+    if not getattr(uid, "is_compressed", False):
+        return f"pixel data could not be read ({_short(err)})"
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        return f"pixel data are encoded as {name!r} ({uid}), which pydicom cannot decode"
+    if not decoder.is_available:
+        hint = _install_hint(decoder, "install one of")
+        return f"pixel data are compressed as {name!r} ({uid}) and no installed package decodes it{hint}"
+    plugins = ", ".join(decoder.available_plugins)
+    return (
+        f"pixel data compressed as {name!r} ({uid}) could not be decoded by the installed "
+        f"decoder(s) ({plugins}): {_short(err)}{_install_hint(decoder, 'other decoders')}"
+    )
+
+
+def _check_native_length(ds, path: str) -> None:
+    from pydicom.pixels.utils import get_expected_length
+
+    if ds.file_meta.TransferSyntaxUID.is_compressed or "PixelData" not in ds:
+        return
+    try:
+        expected = get_expected_length(ds)
+    except Exception:  # malformed group 0028 values; pydicom's decoder will say more
+        return
+    actual = len(ds.PixelData)
+    if actual < expected:
+        raise ImageReadError(
+            path,
+            f"pixel data truncated: {actual} of {expected} bytes present "
+            "(file cut short or wrong image size)",
+        )
+
+
+def file_values(header: DicomHeader) -> np.ndarray:
+    """Decodes a file's pixels and applies the modality LUT.
+
+    Args:
+        header: from `read_header`; the file is read again if its data set was
+            read without pixel data.
+
+    Returns:
+        float32 ``[frames, rows, columns]`` modality values, frames in file order.
+
+    Raises:
+        ImageReadError: no pixel data, truncated, no decoder installed, or a
+            shape that does not match the header.
+    """
+    ds = header.dataset
+    path = header.path
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        ds = _open_dataset(path, stop_before_pixels=False)
+        if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+            raise ImageReadError(
+                path,
+                "no pixel data element (7FE0,0010) although the header describes an image (file truncated?)",
+            )
+    _check_native_length(ds, path)
+    try:
+        raw = ds.pixel_array
+    except Exception as err:  # pydicom's decoders raise several types
+        raise ImageReadError(path, _decode_problem(ds, err)) from None
+    n = len(header.frames)
+    rows, columns = header.frames[0].rows, header.frames[0].columns
+    if raw.size != n * rows * columns:
+        raise ImageReadError(
+            path, f"decoded pixel data has shape {raw.shape}, expected {n} x {rows} x {columns}"
+        )
+    raw = raw.reshape(n, rows, columns)
+    try:
+        return _apply_modality(raw, ds, header.frames)
+    except Exception as err:  # a malformed Modality LUT Sequence or rescale value
+        raise ImageReadError(path, f"modality LUT / rescale could not be applied ({_short(err)})") from None
+
+
+def _apply_modality(raw: np.ndarray, ds, frames: Sequence[FrameHeader]) -> np.ndarray:
+    from pydicom.dataset import Dataset
+    from pydicom.pixels import apply_modality_lut
+
+    n, rows, columns = raw.shape
+    if all(f.rescale is None for f in frames):
+        values = apply_modality_lut(raw, ds)
+        return np.asarray(values, dtype=np.float32)
+    out = np.empty((n, rows, columns), dtype=np.float32)
+    for k, frame in enumerate(frames):
+        if frame.rescale is None:
+            out[k] = apply_modality_lut(raw[k], ds)
+            continue
+        # A stand-in data set carrying this frame's functional-group rescale, so
+        # that pydicom's own apply_modality_lut does the arithmetic.
+        proxy = Dataset()
+        proxy.RescaleSlope, proxy.RescaleIntercept = frame.rescale
+        out[k] = apply_modality_lut(raw[k], proxy)
+    return out
+
+
+def _label(frame: FrameHeader, root: str | None, multi: bool) -> str:
+    name = os.path.relpath(frame.path, root) if root else os.path.basename(frame.path)
+    return f"{name} frame {frame.frame + 1}" if multi else name
+
+
+def _groups_text(keys: Sequence, labels: Sequence[str], describe) -> str:
+    groups: dict = {}
+    for key, label in zip(keys, labels):
+        groups.setdefault(key, []).append(label)
+    parts = []
+    for key, members in groups.items():
+        shown = ", ".join(members[:3]) + (", ..." if len(members) > 3 else "")
+        parts.append(f"{describe(key)} ({len(members)}: {shown})")
+    return "; ".join(parts)
+
+
+def _same(values: Sequence[tuple[float, ...]], atol: float, rtol: float = 0.0) -> bool:
+    a = np.asarray(values, dtype=np.float64)
+    return bool(np.all(np.abs(a - a[0]) <= atol + rtol * np.abs(a[0])))
+
+
+def _cluster(values: Sequence[tuple[float, ...]], atol: float) -> list[int]:
+    """Group ids for values equal within atol (first-come clustering, for messages)."""
+    centres: list[np.ndarray] = []
+    ids = []
+    for v in values:
+        v = np.asarray(v)
+        for i, c in enumerate(centres):
+            if np.all(np.abs(v - c) <= atol):
+                ids.append(i)
+                break
+        else:
+            centres.append(v)
+            ids.append(len(centres) - 1)
+    return ids
+
+
+_AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+def _common_plane(
+    frames: Sequence[FrameHeader], labels: Sequence[str], source: str, notes: list[str]
+) -> tuple[tuple[float, ...] | None, tuple[float, float]]:
+    """The size, orientation and pixel spacing all frames share, or an error naming the odd ones."""
+    sizes = [(f.rows, f.columns) for f in frames]
+    if len(set(sizes)) > 1:
+        raise ImageReadError(
+            source,
+            "slices of different size: " + _groups_text(sizes, labels, lambda s: f"{s[0]}x{s[1]} pixels"),
+        )
+    orientations = [f.orientation for f in frames]
+    missing = [label for label, o in zip(labels, orientations) if o is None]
+    if missing and len(missing) < len(frames):
+        raise ImageReadError(
+            source, f"ImageOrientationPatient is missing in {len(missing)} slice(s): {', '.join(missing[:5])}"
+        )
+    orientation = orientations[0]
+    if orientation is None:
+        notes.append("no ImageOrientationPatient: axial orientation and origin 0 assumed")
+    elif not _same(orientations, geometry.ORIENTATION_ATOL):
+        ids = _cluster(orientations, geometry.ORIENTATION_ATOL)
+
+        def cosines(i):
+            return "[" + ", ".join(f"{v:.4g}" for v in orientations[ids.index(i)]) + "]"
+
+        raise ImageReadError(
+            source,
+            "slices of different orientation (ImageOrientationPatient): "
+            + _groups_text(ids, labels, cosines),
+        )
+    spacings = [f.pixel_spacing for f in frames]
+    if all(s is None for s in spacings):
+        notes.append("no pixel spacing in the header: 1 mm assumed")
+        return orientation, (1.0, 1.0)
+    if any(s is None for s in spacings) or not _same(spacings, 1e-4, 1e-3):
+        raise ImageReadError(
+            source,
+            "slices of different pixel spacing: " + _groups_text(spacings, labels, lambda s: f"{s} mm"),
+        )
+    return orientation, spacings[0]
+
+
+def _fallback_order(frames: Sequence[FrameHeader], single_file: bool, notes: list[str]) -> np.ndarray:
+    """Slice order when positions are missing: InstanceNumber, then file, then frame."""
+    n = len(frames)
+    if n == 1:
+        return np.zeros(1, dtype=np.int64)
+    missing = sum(f.position is None for f in frames)
+    why = (
+        "no per-slice positions"
+        if missing == n
+        else f"ImagePositionPatient missing in {missing} of {n} slices"
+    )
+    if single_file:
+        keys, how = [(0, f.path, f.frame) for f in frames], "frame order"
+    elif any(f.instance_number is None for f in frames):
+        keys, how = [(0, f.path, f.frame) for f in frames], "file name and frame order"
+    else:
+        keys, how = [(f.instance_number, f.path, f.frame) for f in frames], "InstanceNumber"
+    notes.append(f"{why}: slices ordered by {how}")
+    return np.asarray(sorted(range(n), key=keys.__getitem__), dtype=np.int64)
+
+
+def _fallback_gap(frames: Sequence[FrameHeader], has_orientation: bool, notes: list[str]) -> float:
+    """Slice spacing when it cannot come from positions (mm)."""
+    gap = frames[0].slice_gap
+    if gap is None or gap <= 0:
+        if len(frames) > 1 or not has_orientation:
+            notes.append("slice spacing unknown: 1 mm assumed")
+        return 1.0
+    if len(frames) > 1:
+        notes.append(f"slice spacing {gap:g} mm from SpacingBetweenSlices/SliceThickness, not from positions")
+    return gap
+
+
+def _order_and_affine(
+    frames: Sequence[FrameHeader],
+    *,
+    orientation: tuple[float, ...] | None,
+    pixel_spacing: tuple[float, float],
+    labels: Sequence[str],
+    source: str,
+    single_file: bool,
+    spacing_rtol: float,
+    notes: list[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    positions = [f.position for f in frames]
+    if orientation is not None and len(frames) > 1 and all(p is not None for p in positions):
+        try:
+            stack = geometry.stack_geometry(
+                np.asarray(positions), orientation, pixel_spacing, labels=labels, spacing_rtol=spacing_rtol
+            )
+        except geometry.GeometryError as err:
+            raise ImageReadError(source, str(err)) from None
+        return stack.order, stack.affine
+    order = _fallback_order(frames, single_file, notes)
+    gap = _fallback_gap(frames, orientation is not None, notes)
+    first = positions[order[0]]
+    if orientation is not None and first is None:
+        notes.append("no ImagePositionPatient: origin 0 assumed")
+    origin = first if orientation is not None and first is not None else (0.0, 0.0, 0.0)
+    orientation = orientation or _AXIAL
+    step = geometry.slice_normal(orientation) * gap
+    return order, geometry.slice_affine(orientation, origin, pixel_spacing, step)
+
+
+def _stacked_values(headers: Sequence[DicomHeader], order: np.ndarray) -> np.ndarray:
+    """Modality values of all frames, file by file, placed at their sorted slice."""
+    first = headers[0].frames[0]
+    slot = np.empty(len(order), dtype=np.int64)
+    slot[order] = np.arange(len(order))
+    array = np.empty((len(order), first.rows, first.columns), dtype=np.float32)
+    start = 0
+    for h in headers:
+        array[slot[start : start + len(h.frames)]] = file_values(h)
+        start += len(h.frames)
+    return array
+
+
+def stack_files(
+    headers: Sequence[DicomHeader],
+    *,
+    source: str,
+    label_root: str | None = None,
+    spacing_rtol: float = 0.01,
+    notes: Sequence[str] = (),
+) -> Volume:
+    """Stacks the frames of one or more DICOM files into a `Volume`.
+
+    Frames are sorted by position along the slice normal
+    (ImagePositionPatient . (row cosine x column cosine)) and must be evenly
+    spaced; the slice spacing is computed from the positions. Only when
+    positions are missing are frames ordered by InstanceNumber (then file
+    name, then frame index), with the gap taken from SpacingBetweenSlices,
+    else SliceThickness, else 1 mm; this is recorded in ``Volume.notes``.
+    Without ImageOrientationPatient the orientation is taken as axial
+    (identity) with the origin at 0, also noted.
+
+    Args:
+        headers: `read_header` results, all of one series.
+        source: the file or folder named in errors and ``Volume.source``.
+        label_root: file names in messages are relative to this folder.
+        spacing_rtol: allowed relative deviation of a gap from the median gap.
+        notes: notes to carry into the volume.
+
+    Returns:
+        The volume (convention in `jaxmed.io.volume`).
+
+    Raises:
+        ImageReadError: frames of different size, orientation or pixel
+            spacing; duplicate positions; uneven spacing (gaps listed); pixel
+            data problems of any file.
+    """
+    frames = [f for h in headers for f in h.frames]
+    multi = any(len(h.frames) > 1 for h in headers)
+    labels = [_label(f, label_root, multi) for f in frames]
+    notes = list(dict.fromkeys([*notes, *(n for h in headers for n in h.notes)]))
+    orientation, pixel_spacing = _common_plane(frames, labels, source, notes)
+    order, affine = _order_and_affine(
+        frames,
+        orientation=orientation,
+        pixel_spacing=pixel_spacing,
+        labels=labels,
+        source=source,
+        single_file=len(headers) == 1,
+        spacing_rtol=spacing_rtol,
+        notes=notes,
+    )
+    array = _stacked_values(headers, order)
+
+    # SOPInstanceUIDs in slice order (a multi-frame file once, at its first slice).
+    sop_by_path = {h.path: h.sop_instance_uid for h in headers}
+    paths_in_order = dict.fromkeys(frames[k].path for k in order)
+    modalities = sorted({h.modality for h in headers})
+    series = sorted({h.series_uid for h in headers if h.series_uid})
+    return Volume(
+        array=array,
+        spacing=tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0)),
+        affine=affine,
+        modality="/".join(modalities),
+        series_uid=series[0] if len(series) == 1 else None,
+        instance_uids=tuple(sop_by_path[p] for p in paths_in_order),
+        source=source,
+        notes=tuple(notes),
+    )
+
+
+def read_dicom(path, *, spacing_rtol: float = 0.01) -> Volume:
+    """Reads one DICOM image file, single- or multi-frame, as a `Volume`.
+
+    A single-frame image gives ``z == 1`` (the z column of the affine is the
+    slice normal times SpacingBetweenSlices, else SliceThickness, else 1 mm).
+    The frames of a multi-frame image are stacked like a series (see
+    `stack_files`): sorted by position along the normal when positions are
+    given, so the volume's slice order can differ from the file's frame order.
+
+    Args:
+        path: the file.
+        spacing_rtol: allowed relative deviation of a frame gap from the median.
+
+    Returns:
+        The volume, float32 modality values (convention: `jaxmed.io.volume`).
+
+    Raises:
+        ImageReadError: names the file and the problem.
+    """
+    path = os.fspath(path)
+    ds = _open_dataset(path, stop_before_pixels=False)
+    header = read_header(path, dataset=ds)
+    return stack_files([header], source=path, spacing_rtol=spacing_rtol)
