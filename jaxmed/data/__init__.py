@@ -1,1 +1,50 @@
-"""jaxmed.data."""
+"""jaxmed.data: phantoms, real brain MRI, transforms, artefacts, slicing, batching.
+
+Modules by kind: `intensity` (normalisation, windowing), `spatial`
+(resampling, crop/pad), `slicing` (3D -> 2D), `artefacts` (scan-quality
+artefacts simulated in k-space), `phantoms` (synthetic scans with known truth),
+`brain_mri` (the MNI152 template, no download), `batching` (deterministic,
+per-process batches), `regions` (disjoint region sets and modality blanking).
+"""
+
+from jaxmed.data.artefacts import ARTEFACTS, DEFAULT_SEVERITY
+from jaxmed.data.batching import batch_indices, iterate_batches, steps_per_epoch
+from jaxmed.data.brain_mri import BrainMRISplits, augment, load_brain_mri, split_slices, template_path
+from jaxmed.data.intensity import clip_percentiles, minmax, window, zscore
+from jaxmed.data.phantoms import PHANTOMS, MRIPhantomConfig, make_dataset, sample_mri
+from jaxmed.data.slicing import Slices, slice_volume
+from jaxmed.data.spatial import (
+    center_crop_or_pad,
+    resample_to,
+    resample_to_shape,
+    resample_to_spacing,
+    scaled_grid,
+)
+
+__all__ = [
+    "ARTEFACTS",
+    "DEFAULT_SEVERITY",
+    "PHANTOMS",
+    "BrainMRISplits",
+    "MRIPhantomConfig",
+    "Slices",
+    "augment",
+    "batch_indices",
+    "center_crop_or_pad",
+    "clip_percentiles",
+    "iterate_batches",
+    "load_brain_mri",
+    "make_dataset",
+    "minmax",
+    "resample_to",
+    "resample_to_shape",
+    "resample_to_spacing",
+    "sample_mri",
+    "scaled_grid",
+    "slice_volume",
+    "split_slices",
+    "steps_per_epoch",
+    "template_path",
+    "window",
+    "zscore",
+]

@@ -1,0 +1,469 @@
+"""Procedural phantoms: synthetic scans whose ground truth is known.
+
+Each phantom kind is a frozen config dataclass and a pure, jittable, vmappable
+``sample(key, config) -> dict of arrays``; `PHANTOMS` is the explicit registry
+of kinds and `make_dataset` draws many samples at once. New kinds (chest
+radiographs, report text) add a config, a sampler and a registry entry.
+
+Kind ``"mri"`` (`MRIPhantomConfig`, `sample_mri`) is a multi-contrast pelvic
+MRI in the manner of prostate MRI, in 2D or 3D (ellipses or ellipsoids):
+
+* anatomy as nested ellipsoids: a body (pelvic soft tissue) containing an
+  organ whose outer zone is the peripheral zone and inner ellipsoid (shifted
+  anteriorly) the transition zone; zero to ``max_lesions`` lesions inside the
+  organ;
+* each tissue has a T2-weighted signal ``s0`` (arbitrary units) and an
+  apparent diffusion coefficient ``adc`` (1e-3 mm^2/s), both modulated by a
+  smooth random texture (`TISSUES`);
+* contrasts are computed from those two maps (`CONTRASTS`): T2 = ``s0``; ADC
+  map = ``adc``; high-b DWI = ``s0 * exp(-b * adc)`` (mono-exponential
+  diffusion decay). Lesions are therefore dark on T2, dark on ADC and bright
+  on high-b DWI, as cancer is in prostate MRI (PI-RADS v2.1);
+* every contrast is scaled so that its brightest noise-free tissue is 0.8,
+  corrupted with Rician (magnitude) noise, and clipped to ``[0, 1]``.
+
+Geometry: array axes are ``(h, w)`` or ``(d, h, w)``; pixels are isotropic and
+coordinates run from -1 to 1 across the largest axis. Anterior is towards
+``h = 0``; in-plane rotations act on ``(h, w)``.
+
+References:
+    Turkbey B. et al. Prostate Imaging Reporting and Data System version 2.1.
+    Eur Urol 76(3):340-351, 2019.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "CONTRASTS",
+    "PHANTOMS",
+    "TISSUES",
+    "MRIPhantomConfig",
+    "PhantomKind",
+    "Tissue",
+    "make_dataset",
+    "sample_mri",
+]
+
+
+class Tissue(NamedTuple):
+    """Tissue properties of the MRI phantom.
+
+    Attributes:
+        label: value in the ``"tissue"`` map.
+        s0: T2-weighted signal, arbitrary units in ``[0, 1]``.
+        adc: apparent diffusion coefficient, 1e-3 mm^2/s.
+    """
+
+    label: int
+    s0: float
+    adc: float
+
+
+# Typical 3 T prostate values: peripheral zone bright on T2 with a high ADC,
+# transition zone intermediate, cancer dark on T2 with a low ADC (around
+# 0.8e-3 mm^2/s). Air has no signal; its ADC is shown as 0.
+TISSUES: dict[str, Tissue] = {
+    "background": Tissue(label=0, s0=0.0, adc=0.0),
+    "body": Tissue(label=1, s0=0.35, adc=1.4),
+    "peripheral_zone": Tissue(label=2, s0=0.85, adc=1.8),
+    "transition_zone": Tissue(label=3, s0=0.5, adc=1.25),
+    "lesion": Tissue(label=4, s0=0.45, adc=0.75),
+}
+
+
+def _t2(s0: jax.Array, adc: jax.Array, *, b_value: float) -> jax.Array:
+    del adc, b_value
+    return s0
+
+
+def _adc(s0: jax.Array, adc: jax.Array, *, b_value: float) -> jax.Array:
+    del s0, b_value
+    return adc
+
+
+def _dwi(s0: jax.Array, adc: jax.Array, *, b_value: float) -> jax.Array:
+    # b in s/mm^2, adc in 1e-3 mm^2/s.
+    return s0 * jnp.exp(-1e-3 * b_value * adc)
+
+
+# Contrast name -> signal(s0, adc, *, b_value), elementwise, before scaling.
+CONTRASTS: dict[str, Callable[..., jax.Array]] = {"t2": _t2, "adc": _adc, "dwi": _dwi}
+
+
+@dataclass(frozen=True, kw_only=True)
+class MRIPhantomConfig:
+    """Multi-contrast MRI phantom (kind ``"mri"``).
+
+    Attributes:
+        shape: spatial shape, ``(h, w)`` for 2D or ``(d, h, w)`` for 3D.
+        modalities: contrasts, in channel order; names from `CONTRASTS`.
+        lesion_probability: probability that a sample has lesions.
+        max_lesions: a sample with lesions has 1 to ``max_lesions`` of them
+            (uniform).
+        lesion_radius: ``(min, max)`` lesion semi-axis, as a fraction of the
+            organ's mean semi-axis.
+        texture_strength: relative standard deviation of the smooth
+            multiplicative texture of ``s0`` and ``adc``.
+        texture_cells: number of cells per axis of the coarse random grid the
+            texture is interpolated from (larger: finer texture).
+        noise_std: standard deviation of the Gaussian noise in each of the
+            real and imaginary channels (Rician magnitude noise), in units of
+            the scaled image.
+        b_value: diffusion weighting of the DWI contrast, s/mm^2.
+    """
+
+    shape: tuple[int, ...] = (64, 64)
+    modalities: tuple[str, ...] = ("t2", "adc", "dwi")
+    lesion_probability: float = 0.5
+    max_lesions: int = 2
+    lesion_radius: tuple[float, float] = (0.2, 0.4)
+    texture_strength: float = 0.08
+    texture_cells: int = 8
+    noise_std: float = 0.02
+    b_value: float = 1400.0
+
+    def __post_init__(self):
+        # Lists are accepted for convenience; tuples keep the config hashable
+        # (it is a static argument of jit).
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        object.__setattr__(self, "modalities", tuple(self.modalities))
+        object.__setattr__(self, "lesion_radius", tuple(float(r) for r in self.lesion_radius))
+        if len(self.shape) not in (2, 3) or min(self.shape) < 8:
+            raise ValueError(f"shape must be (h, w) or (d, h, w) with every size >= 8, got {self.shape}")
+        if not self.modalities:
+            raise ValueError("modalities must name at least one contrast")
+        unknown = [m for m in self.modalities if m not in CONTRASTS]
+        if unknown:
+            raise ValueError(f"unknown modalities {unknown}; known: {sorted(CONTRASTS)}")
+        if not 0.0 <= self.lesion_probability <= 1.0:
+            raise ValueError(f"lesion_probability must be in [0, 1], got {self.lesion_probability}")
+        if self.max_lesions < 1:
+            raise ValueError(f"max_lesions must be >= 1, got {self.max_lesions}")
+        lo, hi = self.lesion_radius if len(self.lesion_radius) == 2 else (0.0, -1.0)
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"lesion_radius must be (min, max) with 0 < min <= max <= 1, got {self.lesion_radius}")
+        if self.texture_strength < 0 or self.noise_std < 0:
+            raise ValueError("texture_strength and noise_std must be >= 0")
+        if self.texture_cells < 2:
+            raise ValueError(f"texture_cells must be >= 2, got {self.texture_cells}")
+        if self.b_value < 0:
+            raise ValueError(f"b_value must be >= 0 s/mm^2, got {self.b_value}")
+
+
+def _coordinates(shape: tuple[int, ...]) -> jax.Array:
+    """Pixel-centre coordinates, isotropic, -1..1 across the largest axis: ``[*shape, ndim]``."""
+    half = max(shape) / 2
+    axes = [(jnp.arange(n) + 0.5 - n / 2) / half for n in shape]
+    return jnp.stack(jnp.meshgrid(*axes, indexing="ij"), axis=-1)
+
+
+def _inside(coords: jax.Array, centre: jax.Array, semi_axes: jax.Array, angle: jax.Array) -> jax.Array:
+    """Whether each point lies in an ellipsoid rotated by ``angle`` in the last two axes.
+
+    Args:
+        coords: ``[*shape, ndim]``.
+        centre: ``[ndim]``.
+        semi_axes: ``[ndim]``, in the ellipsoid's own frame.
+        angle: scalar, radians.
+
+    Returns:
+        bool ``[*shape]``.
+    """
+    ndim = coords.shape[-1]
+    offset = coords - jnp.reshape(centre, (1,) * ndim + (ndim,))
+    c, s = jnp.cos(angle), jnp.sin(angle)
+    u, v = offset[..., -2], offset[..., -1]
+    rotated = jnp.concatenate([offset[..., :-2], jnp.stack([c * u + s * v, -s * u + c * v], axis=-1)], axis=-1)
+    q = jnp.sum(jnp.square(rotated / jnp.reshape(semi_axes, (1,) * ndim + (ndim,))), axis=-1)
+    return q <= 1.0
+
+
+def _rotate(vector: jax.Array, angle: jax.Array) -> jax.Array:
+    """Rotates the last two components of ``vector [ndim]`` by ``angle`` (inverse of `_inside`'s frame change)."""
+    c, s = jnp.cos(angle), jnp.sin(angle)
+    u, v = vector[-2], vector[-1]
+    return jnp.concatenate([vector[:-2], jnp.stack([c * u - s * v, s * u + c * v])])
+
+
+def _random_words(key: jax.Array, shapes: dict[str, tuple[int, ...]]) -> dict[str, jax.Array]:
+    """Random uint32 words in named blocks, from a single `jax.random.bits` call.
+
+    One call, not one per quantity: every random call inlines its own
+    Threefry hash, and under vmap each added about half a second of XLA:CPU
+    compile time (eight of them more than doubled it).
+    """
+    sizes = [math.prod(shape) for shape in shapes.values()]
+    words = jax.random.bits(key, (sum(sizes),), dtype=jnp.uint32)
+    offsets = np.cumsum([0] + sizes)
+    return {
+        name: jnp.reshape(words[start:stop], shape)
+        for (name, shape), start, stop in zip(shapes.items(), offsets[:-1], offsets[1:], strict=True)
+    }
+
+
+def _uniform(words: jax.Array) -> jax.Array:
+    """uint32 words -> float32 uniform in ``[0, 1)`` (23 mantissa bits, as `jax.random.uniform`)."""
+    mantissa = jnp.right_shift(words, np.uint32(9)) | np.uint32(0x3F800000)
+    return jax.lax.bitcast_convert_type(mantissa, jnp.float32) - 1.0
+
+
+def _normal(words: jax.Array) -> jax.Array:
+    """uint32 words -> float32 standard normal by the inverse CDF (as `jax.random.normal`)."""
+    lo = np.nextafter(np.float32(-1.0), np.float32(0.0))
+    return np.float32(math.sqrt(2.0)) * jax.lax.erf_inv(jnp.maximum(2.0 * _uniform(words) - 1.0, lo))
+
+
+def _smooth_fields(words: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Independent smooth random fields of roughly unit variance.
+
+    Args:
+        words: uint32 ``[count, cells, ..., cells]``: the coarse grids.
+        shape: output spatial shape.
+
+    Returns:
+        float32 ``[count, *shape]``: coarse Gaussian noise, cubic-interpolated.
+    """
+    return jax.image.resize(_normal(words), (words.shape[0], *shape), method="cubic")
+
+
+def _rician(words: jax.Array, signal: jax.Array, *, noise_std: float) -> jax.Array:
+    """Magnitude of ``signal`` plus complex Gaussian noise: Rician samples, shaped like ``signal``.
+
+    The complex noise ``r * exp(i theta)`` is drawn in polar form (Box-Muller)
+    from one 32-bit word per pixel, two 16-bit uniforms: half the random bits
+    of two `jax.random.normal` draws, which dominate the phantom's cost on CPU.
+    Its radius is therefore truncated at ``sqrt(2 ln 2^17) = 4.8`` standard
+    deviations. ``words`` is uint32 shaped like ``signal``.
+    """
+    u1 = ((words >> 16).astype(jnp.float32) + 0.5) * (1.0 / 65536)  # in (0, 1): log is finite
+    u2 = (words & 0xFFFF).astype(jnp.float32) * (1.0 / 65536)
+    r = noise_std * jnp.sqrt(-2.0 * jnp.log(u1))
+    # |s + r e^{i theta}|^2 = s^2 + r^2 + 2 s r cos(theta); clamp rounding below 0.
+    power = jnp.square(signal) + jnp.square(r) + 2.0 * signal * r * jnp.cos(2.0 * jnp.pi * u2)
+    return jnp.sqrt(jnp.maximum(power, 0.0))
+
+
+def _scales(config: MRIPhantomConfig) -> np.ndarray:
+    """Per-contrast factor that maps the brightest noise-free tissue to 0.8: ``[M]``."""
+    # Evaluated eagerly even inside jit: the scales are constants of the config.
+    with jax.ensure_compile_time_eval():
+        s0, adc = _tissue_tables()
+        peaks = [float(jnp.max(CONTRASTS[m](s0, adc, b_value=config.b_value))) for m in config.modalities]
+    return np.asarray([0.8 / p for p in peaks], dtype=np.float32)
+
+
+def _tissue_tables() -> tuple[jax.Array, jax.Array]:
+    """``s0`` and ``adc`` of `TISSUES` indexed by label: two float32 ``[num_tissues]``."""
+    by_label = sorted(TISSUES.values(), key=lambda t: t.label)
+    if [t.label for t in by_label] != list(range(len(by_label))):
+        raise ValueError(f"TISSUES labels must be 0..{len(by_label) - 1}, got {[t.label for t in by_label]}")
+    s0 = jnp.asarray([t.s0 for t in by_label], dtype=jnp.float32)
+    adc = jnp.asarray([t.adc for t in by_label], dtype=jnp.float32)
+    return s0, adc
+
+
+def _anatomy_words(config: MRIPhantomConfig) -> dict[str, tuple[int, ...]]:
+    """Random words `_anatomy` consumes, by block."""
+    ndim = len(config.shape)
+    return {
+        "geometry": (3 * ndim + 6,),
+        "lesion": (config.max_lesions, ndim + 2),
+        "direction": (config.max_lesions, ndim),
+    }
+
+
+def _anatomy(words: dict[str, jax.Array], coords: jax.Array, config: MRIPhantomConfig):
+    """Random nested ellipsoids, from the blocks of `_anatomy_words`.
+
+    Returns:
+        (tissue labels int32 ``[*S]``, organ mask ``[*S]``, lesion mask
+        ``[*S]``, number of lesions int32 ``[]``).
+    """
+    ndim = len(config.shape)
+    u = iter(jnp.split(2.0 * _uniform(words["geometry"]) - 1.0, 3 * ndim + 6))  # in [-1, 1)
+
+    def draw(count=1):
+        return jnp.concatenate([next(u) for _ in range(count)])
+
+    def unit(x):  # [-1, 1) -> [0, 1)
+        return 0.5 * (x[0] + 1.0)
+
+    # Base semi-axes (h: anterior-posterior, w: left-right; d: cranio-caudal in 3D).
+    body_axes = jnp.asarray((0.9, 0.7, 0.9) if ndim == 3 else (0.7, 0.9))
+    organ_axes = jnp.asarray((0.3, 0.28, 0.36) if ndim == 3 else (0.28, 0.36))
+    body_semi = body_axes * (1.0 + 0.1 * draw(ndim))
+    body_angle = 0.15 * draw()[0]
+    organ_centre = 0.08 * draw(ndim)
+    organ_semi = organ_axes * (1.0 + 0.15 * draw(ndim))
+    organ_angle = 0.3 * draw()[0]
+
+    # Transition zone: a smaller ellipsoid shifted anteriorly (towards h = 0)
+    # inside the organ, leaving the peripheral zone as a posterior crescent.
+    tz_scale = 0.5 + 0.15 * unit(draw())
+    tz_shift = jnp.zeros(ndim).at[-2].set(-(0.15 + 0.15 * unit(draw())) * organ_semi[-2])
+    tz_centre = organ_centre + _rotate(tz_shift, organ_angle)
+
+    in_body = _inside(coords, jnp.zeros(ndim), body_semi, body_angle)
+    in_organ = _inside(coords, organ_centre, organ_semi, organ_angle) & in_body
+    in_tz = _inside(coords, tz_centre, tz_scale * organ_semi, organ_angle) & in_organ
+
+    # Lesions: a fixed number of candidates (static shapes), the first
+    # num_lesions of them active. Centres are uniform in the inner 70% of the
+    # organ and snapped to a pixel centre, so an active lesion always covers
+    # at least its centre pixel.
+    has_lesion = unit(draw()) < config.lesion_probability
+    count = jnp.minimum(jnp.floor(unit(draw()) * config.max_lesions), config.max_lesions - 1) + 1
+    num_lesions = jnp.where(has_lesion, count, 0).astype(jnp.int32)
+
+    half = max(config.shape) / 2
+    sizes = jnp.asarray(config.shape, dtype=jnp.float32)
+    lo, hi = config.lesion_radius
+    lesion_u = _uniform(words["lesion"])
+    directions = _normal(words["direction"])
+
+    def lesion(u_i, direction, index):
+        direction = direction / jnp.linalg.norm(direction)
+        radius = 0.7 * u_i[0] ** (1.0 / ndim)  # uniform in the ball of radius 0.7
+        centre = organ_centre + _rotate(radius * direction * organ_semi, organ_angle)
+        pixel = jnp.clip(jnp.round(centre * half + sizes / 2 - 0.5), 0, sizes - 1)
+        centre = (pixel + 0.5 - sizes / 2) / half
+        semi = jnp.mean(organ_semi) * (lo + (hi - lo) * u_i[1 : ndim + 1])
+        angle = math.pi * (2.0 * u_i[ndim + 1] - 1.0)
+        return _inside(coords, centre, semi, angle) & (index < num_lesions)
+
+    lesions = jax.vmap(lesion)(lesion_u, directions, jnp.arange(config.max_lesions))
+    in_lesion = jnp.any(lesions, axis=0) & in_organ
+
+    t = TISSUES
+    label = jnp.where(in_body, t["body"].label, t["background"].label)
+    label = jnp.where(in_organ, t["peripheral_zone"].label, label)
+    label = jnp.where(in_tz, t["transition_zone"].label, label)
+    label = jnp.where(in_lesion, t["lesion"].label, label)
+    return label.astype(jnp.int32), in_organ, in_lesion, num_lesions
+
+
+def sample_mri(key: jax.Array, config: MRIPhantomConfig) -> dict[str, jax.Array]:
+    """Draws one multi-contrast MRI phantom (kind ``"mri"``).
+
+    Pure and jittable with ``config`` static; batch it with
+    ``jax.vmap(functools.partial(sample_mri, config=config))(keys)``.
+
+    Args:
+        key: PRNG key.
+        config: the phantom's settings.
+
+    Returns:
+        A dict, with ``S = config.shape`` (``(h, w)`` or ``(d, h, w)``) and
+        ``M = len(config.modalities)``:
+
+        * ``"image"``: float32 ``[*S, M]`` in ``[0, 1]``, the contrasts of
+          ``config.modalities``, co-registered (channels last);
+        * ``"lesion_mask"``: bool ``[*S]``;
+        * ``"organ_mask"``: bool ``[*S]``, the whole organ (lesions included);
+        * ``"tissue"``: int32 ``[*S]``, labels of `TISSUES`;
+        * ``"has_lesion"``: bool ``[]``, equal to ``lesion_mask.any()``;
+        * ``"num_lesions"``: int32 ``[]``, lesions drawn (they may overlap).
+    """
+    shape = config.shape
+    ndim = len(shape)
+    num_modalities = len(config.modalities)
+    words = _random_words(
+        key,
+        {
+            **_anatomy_words(config),
+            "texture": (2,) + (config.texture_cells,) * ndim,
+            "noise": (*shape, num_modalities),
+        },
+    )
+    coords = _coordinates(shape)
+    label, organ, lesion, num_lesions = _anatomy(words, coords, config)
+
+    s0_table, adc_table = _tissue_tables()
+    texture = 1.0 + config.texture_strength * _smooth_fields(words["texture"], shape)
+    s0 = s0_table[label] * jnp.maximum(texture[0], 0.0)
+    adc = adc_table[label] * jnp.maximum(texture[1], 0.0)
+
+    clean = jnp.stack([CONTRASTS[m](s0, adc, b_value=config.b_value) for m in config.modalities], axis=-1)
+    clean = clean * jnp.reshape(jnp.asarray(_scales(config)), (1,) * ndim + (-1,))
+    image = _rician(words["noise"], clean, noise_std=config.noise_std)
+    return {
+        "image": jnp.clip(image, 0.0, 1.0).astype(jnp.float32),
+        "lesion_mask": lesion,
+        "organ_mask": organ,
+        "tissue": label,
+        "has_lesion": jnp.any(lesion),
+        "num_lesions": num_lesions.astype(jnp.int32),
+    }
+
+
+class PhantomKind(NamedTuple):
+    """A registry entry: the config type of a kind and its sampler ``sample(key, config)``."""
+
+    config: type
+    sample: Callable[[jax.Array, Any], dict[str, jax.Array]]
+
+
+PHANTOMS: dict[str, PhantomKind] = {
+    "mri": PhantomKind(config=MRIPhantomConfig, sample=sample_mri),
+}
+
+
+def make_dataset(key: jax.Array, n: int, *, kind: str = "mri", config=None, chunk_size: int = 512) -> dict[str, np.ndarray]:
+    """Draws ``n`` phantoms of one kind, as host arrays.
+
+    Sample ``i`` is ``PHANTOMS[kind].sample(jax.random.fold_in(key, i),
+    config)``, so a data set of ``n`` is a prefix of one of ``n + m``. The
+    sampler is jitted and vmapped over chunks of ``chunk_size`` keys, compiled
+    once per (kind, config, chunk size); each chunk is moved to the host as it
+    is made, so device memory stays bounded.
+
+    Args:
+        key: PRNG key.
+        n: number of samples, >= 1.
+        kind: a key of `PHANTOMS`.
+        config: an instance of ``PHANTOMS[kind].config``; None uses its
+            defaults.
+        chunk_size: samples generated per vectorised chunk.
+
+    Returns:
+        The sampler's dict with a leading axis of ``n`` on every array (numpy).
+        For the default ``"mri"`` config: ``"image"`` float32
+        ``[n, 64, 64, 3]`` in ``[0, 1]``; use
+        ``MRIPhantomConfig(modalities=("t2",))`` for single-channel
+        ``[n, 64, 64, 1]`` images, and ``lesion_probability=0`` for a set of
+        normal scans.
+
+    Raises:
+        ValueError: unknown kind, a config of the wrong type, or a bad ``n``.
+    """
+    if kind not in PHANTOMS:
+        raise ValueError(f"unknown phantom kind {kind!r}; known: {sorted(PHANTOMS)}")
+    entry = PHANTOMS[kind]
+    config = entry.config() if config is None else config
+    if not isinstance(config, entry.config):
+        raise ValueError(f"phantom kind {kind!r} takes a {entry.config.__name__}, got {type(config).__name__}")
+    if n < 1 or chunk_size < 1:
+        raise ValueError(f"n and chunk_size must be >= 1, got n={n}, chunk_size={chunk_size}")
+    size = min(chunk_size, n)
+    chunks = []
+    for start in range(0, n, size):
+        # The last chunk is drawn whole and cut: one compiled shape for all.
+        chunk = _sample_chunk(key, start, sample=entry.sample, config=config, size=size)
+        chunks.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[: n - start], chunk))
+    return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *chunks)
+
+
+@functools.partial(jax.jit, static_argnames=("sample", "config", "size"))
+def _sample_chunk(key, start, *, sample, config, size):
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(size))
+    return jax.vmap(lambda k: sample(k, config))(keys)
