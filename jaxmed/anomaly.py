@@ -130,3 +130,28 @@ def anomaly_scores(normality_scores) -> np.ndarray:
     :mod:`jaxmed.metrics` follows scikit-learn: higher = more abnormal.
     """
     return -np.asarray(normality_scores)
+
+
+def two_sided_anomaly_scores(normality_scores, reference_scores) -> np.ndarray:
+    """Distance from the normal scores, either way: a robust |z|, higher = more abnormal.
+
+    ``|s - median(ref)| / (1.4826 * MAD(ref))`` (the MAD scaled to a standard
+    deviation for Gaussian scores). Useful where an artefact makes images
+    unusually LIKELY rather than unlikely: a blurred image is smoother than
+    any normal one, so a low-pass model reconstructs it better and its
+    log p(x) rises above the normal range; a one-sided threshold misses it.
+
+    Args:
+      normality_scores: ``[b]`` scores (higher = more normal).
+      reference_scores: ``[n]`` scores of normal validation images.
+
+    Returns:
+      ``[b]`` float64 anomaly scores >= 0, for :mod:`jaxmed.metrics`.
+    """
+    ref = np.asarray(reference_scores, dtype=np.float64).ravel()
+    if ref.size == 0 or not np.all(np.isfinite(ref)):
+        raise ValueError("two-sided scores need finite normal reference scores")
+    median = np.median(ref)
+    # A floor keeps the scale positive when most references tie.
+    scale = max(1.4826 * np.median(np.abs(ref - median)), 1e-12 * max(1.0, abs(median)))
+    return np.abs(np.asarray(normality_scores, dtype=np.float64) - median) / scale

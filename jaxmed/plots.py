@@ -85,6 +85,7 @@ def plot_image_grid(
     row_labels: Sequence[str] = (),
     column_labels: Sequence[str] = (),
     cmaps: Sequence[str] = (),
+    ranges: Sequence[tuple[float, float] | None] = (),
 ) -> Path:
     """A grid of 2D images (e.g. input / reconstruction / error per test case).
 
@@ -95,6 +96,8 @@ def plot_image_grid(
       row_labels: one label per row (drawn at the left).
       column_labels: one title per column (drawn on the first row).
       cmaps: one colormap per column (default "gray").
+      ranges: one ``(vmin, vmax)`` per column, shared by its rows so they
+        compare (default None: each image scaled to its own range).
     """
     n_rows, n_cols = len(rows), len(rows[0])
     fig = Figure(figsize=(1.6 * n_cols, 1.6 * n_rows))
@@ -103,7 +106,9 @@ def plot_image_grid(
         for j, image in enumerate(row):
             ax = axes[i, j]
             image = np.asarray(image)
-            ax.imshow(image.reshape(image.shape[:2]), cmap=cmaps[j] if j < len(cmaps) else "gray")
+            vmin, vmax = (ranges[j] if j < len(ranges) and ranges[j] is not None else (None, None))
+            ax.imshow(image.reshape(image.shape[:2]), cmap=cmaps[j] if j < len(cmaps) else "gray",
+                      vmin=vmin, vmax=vmax)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0 and j < len(column_labels):

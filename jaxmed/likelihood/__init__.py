@@ -1,1 +1,56 @@
-"""jaxmed.likelihood."""
+"""log p(x) estimators for latent-variable models (knows nothing of Flax).
+
+A model is any :class:`LatentVariableModel` (``log_prior``, ``log_likelihood``,
+``proposal``, each for one example). :func:`log_px` estimates log p(x) for a batch
+by one of :data:`ESTIMATORS`; the per-example estimators are public too.
+"""
+
+from jaxmed.likelihood.ais import (
+    SCHEDULES,
+    AISInfo,
+    AISState,
+    BDMCResult,
+    ais_kernel,
+    ais_log_px,
+    annealing_schedule,
+    bdmc,
+    reverse_ais_log_px,
+)
+from jaxmed.likelihood.diagnostics import (
+    Diagnostics,
+    effective_sample_size,
+    log_mean_standard_error,
+    psis_khat,
+)
+from jaxmed.likelihood.estimate import ESTIMATORS, log_px
+from jaxmed.likelihood.importance import importance_log_px, mc_log_px
+from jaxmed.likelihood.interface import LatentVariableModel
+from jaxmed.likelihood.match import kl_to_standard_normal, match_log_px
+from jaxmed.likelihood.mcmc import mcmc_log_px
+from jaxmed.likelihood.numpyro_model import NumPyroLatentModel, numpyro_latent_model
+
+__all__ = [
+    "AISInfo",
+    "AISState",
+    "BDMCResult",
+    "Diagnostics",
+    "ESTIMATORS",
+    "LatentVariableModel",
+    "NumPyroLatentModel",
+    "SCHEDULES",
+    "ais_kernel",
+    "ais_log_px",
+    "annealing_schedule",
+    "bdmc",
+    "effective_sample_size",
+    "importance_log_px",
+    "kl_to_standard_normal",
+    "log_mean_standard_error",
+    "log_px",
+    "match_log_px",
+    "mc_log_px",
+    "mcmc_log_px",
+    "numpyro_latent_model",
+    "psis_khat",
+    "reverse_ais_log_px",
+]

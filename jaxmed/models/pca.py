@@ -45,7 +45,7 @@ def fit_pca(images: Array, *, num_components: int) -> PCA:
     if not 0 < num_components <= min(n, d):
         raise ValueError(f"num_components must be in [1, {min(n, d)}], got {num_components}")
     mean = x.mean(axis=0)
-    _, s, vt = jnp.linalg.svd(x - mean, full_matrices=False)
+    _, s, vt = jnp.linalg.svd(x - mean[None, :], full_matrices=False)
     return PCA(mean, vt[:num_components], s[:num_components] ** 2 / (n - 1))
 
 

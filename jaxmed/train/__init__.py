@@ -1,1 +1,68 @@
-"""jaxmed.train."""
+"""jaxmed.train: train state, jitted steps over a device mesh, multi-host,
+Orbax checkpoints and the fit loop.
+
+Typical use::
+
+    mesh = make_mesh(config.devices)
+    tx = make_optimizer(optim, total_steps=config.steps)
+    state = TrainState.create(params=params, tx=tx, key=jax.random.key(seed))
+    step = jit_train_step(make_train_step(loss_fn), mesh)
+    result = fit(state, train_step=step, batch_fn=batch_fn, config=config, mesh=mesh,
+                 checkpointer=Checkpointer(run_dir), metrics_path=run_dir / "metrics.jsonl")
+"""
+
+from jaxmed.train.checkpoint import Checkpointer, load_config, load_model, save_config
+from jaxmed.train.config import OptimConfig, TrainConfig, config_from_dict
+from jaxmed.train.distributed import initialize_distributed
+from jaxmed.train.loop import FitResult, NonFiniteLossError, fit, make_evaluator
+from jaxmed.train.metrics_log import plot_loss_curve, read_metrics
+from jaxmed.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
+from jaxmed.train.parallel import (
+    DATA_AXIS,
+    batch_sharding,
+    jit_eval_step,
+    jit_train_step,
+    local_batch_slice,
+    make_mesh,
+    replicate,
+    replicated_sharding,
+    shard_batch,
+)
+from jaxmed.train.run import RunConfig, train_model
+from jaxmed.train.state import TrainState
+from jaxmed.train.step import make_eval_step, make_train_step
+
+__all__ = [
+    "DATA_AXIS",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "Checkpointer",
+    "FitResult",
+    "NonFiniteLossError",
+    "OptimConfig",
+    "RunConfig",
+    "TrainConfig",
+    "TrainState",
+    "batch_sharding",
+    "config_from_dict",
+    "fit",
+    "initialize_distributed",
+    "jit_eval_step",
+    "jit_train_step",
+    "load_config",
+    "load_model",
+    "local_batch_slice",
+    "make_evaluator",
+    "make_eval_step",
+    "make_mesh",
+    "make_optimizer",
+    "make_schedule",
+    "make_train_step",
+    "plot_loss_curve",
+    "read_metrics",
+    "replicate",
+    "replicated_sharding",
+    "save_config",
+    "shard_batch",
+    "train_model",
+]

@@ -1,0 +1,84 @@
+"""Scan-quality anomaly detection on real brain MRI, step by step, with a severity sweep.
+
+The study of ``jaxmed demo`` written out as its steps (each a public function
+of :mod:`jaxmed.demo`), so that any step can be swapped: train a VAE on axial
+slices of the MNI152 template, corrupt held-out slices with simulated k-space
+artefacts, score them by log p(x) (importance sampling) and report AUROC per
+artefact beside a PCA reconstruction-error baseline. Then, with the same
+trained model, the AUROCs at several artefact severities.
+
+Command::
+
+    python experiments/brain_mri_anomaly.py [OUT_DIR]     # default brain-mri-anomaly/
+
+Expected (2 CPU cores, about 6 minutes; seed 0, the config below): at severity
+0.5 the table printed by ``jaxmed demo`` (see README); AUROC rises with
+severity for every artefact except blur, whose one-sided score falls (a
+blurred slice is MORE likely under the low-pass model) while its two-sided
+score rises.
+"""
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxmed.anomaly import anomaly_scores, two_sided_anomaly_scores
+from jaxmed.demo import (
+    auroc_table,
+    calibrate_on_validation,
+    demo_config,
+    format_auroc_table,
+    load_demo_data,
+    make_test_set,
+    pca_scores,
+    score_specs,
+    score_test_set,
+    train_vae,
+)
+
+# ---------------------------------------------------------------------------
+# Configuration: the demo's defaults; change any field of jaxmed.demo.DemoConfig.
+CONFIG = demo_config()
+SEVERITIES = (0.25, 0.5, 0.75)
+OUT_DIR = Path(sys.argv[1] if len(sys.argv) > 1 else "brain-mri-anomaly")
+# ---------------------------------------------------------------------------
+
+
+def main() -> None:
+    OUT_DIR.mkdir(parents=True, exist_ok=False)
+    root = jax.random.key(CONFIG.seed)
+    data = load_demo_data(CONFIG)
+    trained = train_vae(CONFIG, data, OUT_DIR / "checkpoint")
+    spec = score_specs(CONFIG)["importance"]
+    val_scores = score_test_set(trained, data.val, specs={"importance": spec}, indices=10**6 + np.arange(len(data.val)))
+    calibration = calibrate_on_validation(trained, val_scores["importance"], spec=spec, fpr=CONFIG.fpr)
+    val_scores = val_scores["importance"]
+    pca_label = f"PCA({CONFIG.pca_components})"
+
+    results = {}
+    for i, severity in enumerate(SEVERITIES):
+        test = make_test_set(jax.random.fold_in(root, 1000 + i), data.test, artefacts=CONFIG.artefacts,
+                             severity=severity, copies=CONFIG.copies)
+        log_px = score_test_set(trained, test.images, specs={"importance": spec})["importance"]
+        anomaly = {
+            pca_label: pca_scores(data.train, test.images, num_components=CONFIG.pca_components),
+            "VAE IS": anomaly_scores(log_px),
+            "VAE IS two-sided": two_sided_anomaly_scores(log_px, val_scores),
+        }
+        table = auroc_table(jax.random.fold_in(root, 2000 + i), anomaly, test, num_resamples=CONFIG.num_bootstrap)
+        flagged = {g: float(np.mean(log_px[test.groups == g] < calibration.threshold))
+                   for g in dict.fromkeys(test.groups)}
+        results[str(severity)] = {"auroc": table, "flagged_fraction": flagged}
+        print(f"\nseverity {severity}\n{format_auroc_table(table)}")
+
+    summary = {"config": dataclasses.asdict(CONFIG), "threshold": calibration.threshold, "results": results}
+    (OUT_DIR / "severity_sweep.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print(f"\nwrote {OUT_DIR / 'severity_sweep.json'}")
+
+
+if __name__ == "__main__":
+    main()

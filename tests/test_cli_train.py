@@ -1,0 +1,161 @@
+"""``jaxmed train``: the command end to end, and its data sources."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmed.cli import main
+
+STEPS = 300
+
+
+@pytest.fixture(scope="module")
+def phantom_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "vae"
+    argv = ["train", "--data", "phantoms", "--model", "vae", "--preset", "tiny", "--steps", str(STEPS),
+            "--batch-size", "32", "--devices", "2", "--seed", "3", "--lr", "1e-2", "--num-train", "256",
+            "--num-val", "64", "--log-every", "25", "--eval-every", "50", "--checkpoint-every", "150",
+            "--keep", "2", "--no-progress", "--out", str(out)]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = main(argv)
+    return out, status, printed.getvalue()
+
+
+@pytest.mark.slow
+def test_train_on_phantoms_lowers_the_validation_negative_elbo(phantom_run):
+    from jaxmed.losses import negative_elbo
+    from jaxmed.models import PRESETS
+    from jaxmed.train import Checkpointer, read_metrics
+    from jaxmed.train.checkpoint import load_model
+    from jaxmed.train.sources import load_image_splits
+
+    out, status, printed = phantom_run
+    assert status == 0
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.json", "loss_curve.png", "metrics.jsonl"]
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(25, STEPS + 1, 25))
+    assert all(math.isfinite(r["loss"]) for r in records)
+    val = [r["val_loss"] for r in records if "val_loss" in r]
+    assert len(val) == STEPS // 50
+    assert Checkpointer(out, create=False).all_steps() == [150, 300]
+    config = json.loads((out / "config.json").read_text())
+    assert config["run"]["train"]["steps"] == STEPS and config["model"]["name"] == "vae"
+
+    # Independent reference numbers on the validation images (numpy).
+    data = load_image_splits("phantoms", image_shape=(8, 8, 1), seed=3, num_train=256, num_val=64)
+    d = 8 * 8
+    const = 0.5 * d * math.log(2 * math.pi)  # -log N(x | mu, 1) = const + |x - mu|^2 / 2
+    untrained = 0.5 * np.mean(np.sum((data.val - 0.5) ** 2, axis=(1, 2, 3)))  # sigmoid(0) = 0.5 everywhere
+    mean_image = 0.5 * np.mean(np.sum((data.val - data.train.mean(axis=0)) ** 2, axis=(1, 2, 3)))
+    final = val[-1] - const
+    # Measured: untrained 4.04, mean image 0.223, final 0.236 nats above const.
+    assert final < 0.2 * untrained  # clearly lower than a model that knows nothing
+    assert final < mean_image + 0.1  # about as good as the mean image (+ a small KL)
+
+    # The loaded model reproduces the logged validation loss (many samples).
+    model, params, model_config = load_model(out)
+    assert model_config == PRESETS["tiny"]
+    keys = jax.random.split(jax.random.key(9), (len(data.val), 32))
+
+    @jax.jit
+    def mean_neg_elbo(params, images, keys):
+        per_sample = jax.vmap(jax.vmap(lambda x, k: negative_elbo(params, x, k, model=model)[0],
+                                       in_axes=(None, 0)))
+        return jnp.mean(per_sample(images, keys))
+
+    assert float(mean_neg_elbo(params, data.val, keys)) == pytest.approx(val[-1], abs=0.05)
+    assert "steps 0 -> 300" in printed and "2 device(s)" in printed
+
+
+def test_refuses_a_non_empty_out_without_resume_or_force(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("keep me")
+    status = main(["train", "--data", "phantoms", "--preset", "tiny", "--out", str(tmp_path), "--no-progress"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "not empty" in err and "--resume" in err and "--force" in err and "notes.txt" in err
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    status = main(["train", "--data", "phantoms", "--out", str(tmp_path), "--resume", "--no-progress"])
+    assert status == 2 and "no run to resume" in capsys.readouterr().err
+
+
+def test_resume_refuses_changed_settings(phantom_run, capsys):
+    out, status, _ = phantom_run
+    assert status == 0
+    status = main(["train", "--out", str(out), "--resume", "--preset", "small32", "--lr", "0.5", "--no-progress"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "preset: 'tiny' in the run, 'small32' asked for" in err
+    assert "optim.learning_rate" in err
+
+
+def test_force_deletes_only_the_run_files(tmp_path, capsys):
+    for name in ("config.json", "metrics.jsonl", "loss_curve.png"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "checkpoints" / "5").mkdir(parents=True)
+    (tmp_path / "notes.txt").write_text("keep me")
+    # A missing data path fails after the folder is cleared and before training.
+    status = main(["train", "--data", str(tmp_path / "missing"), "--preset", "tiny", "--out", str(tmp_path),
+                   "--force", "--no-progress"])
+    assert status == 2 and "no such file or folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_dicom_folder_source_normalises_and_slices(tmp_path):
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from jaxmed.train.sources import load_image_splits
+
+    mri = get_testdata_file("emri_small.dcm")  # 10 frames of 64x64 MR
+    if mri is None:
+        pytest.skip("pydicom-data's emri_small.dcm is not installed")
+    shutil.copy(mri, tmp_path / "mr.dcm")
+    shutil.copy(get_testdata_file("rtplan.dcm"), tmp_path / "plan.dcm")  # no pixel data
+    (tmp_path / "notes.dcm").write_text("not dicom")
+    data = load_image_splits(str(tmp_path), image_shape=(32, 32, 1), seed=0, num_val=2)
+
+    assert sorted(p.split(":")[0] for p in data.problems) == sorted(
+        [str(tmp_path / "notes.dcm"), str(tmp_path / "plan.dcm")]
+    )
+    images = np.concatenate([data.train, data.val])
+    assert data.val.shape[1:] == (32, 32, 1) and len(data.val) == 2
+    # The same pipeline in numpy/pydicom: rescale, clip to percentiles, min-max,
+    # linear resize; every image returned is one of these slices.
+    ds = pydicom.dcmread(mri)
+    volume = ds.pixel_array.astype(np.float64) * float(getattr(ds, "RescaleSlope", 1)) + float(
+        getattr(ds, "RescaleIntercept", 0)
+    )
+    lo, hi = np.percentile(volume, [0.5, 99.5])
+    scaled = (np.clip(volume, lo, hi) - lo) / (hi - lo + 1e-8)
+    expected = np.asarray(jax.image.resize(jnp.asarray(scaled, jnp.float32), (len(scaled), 32, 32),
+                                           method="linear", antialias=False))
+    kept = [s for s in expected if np.mean(s > 0.05) >= 0.05]
+    assert len(images) == len(kept)
+    for image in images[..., 0]:
+        assert min(np.abs(image - s).max() for s in kept) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "source, shape, message",
+    [
+        ("phantoms", (16, 16, 4), "at most 3 channels"),
+        ("brain-mri", (32, 16, 1), "square and single-channel"),
+        ("phantoms", (16, 16, 16, 1), "must be 2D"),
+        ("/no/such/folder", (16, 16, 1), "no such file or folder"),
+    ],
+)
+def test_sources_reject_shapes_they_cannot_give(source, shape, message):
+    from jaxmed.train.sources import load_image_splits
+
+    with pytest.raises(ValueError, match=message):
+        load_image_splits(source, image_shape=shape, seed=0)

@@ -1,0 +1,152 @@
+"""``jaxmed demo --quick`` end to end, and the study's building blocks by hand.
+
+The AUROCs of the demo are recomputed from its results table with
+scikit-learn; the test set and subset are checked against their definitions.
+"""
+
+import csv
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from jaxmed.cli import main
+from jaxmed.data.artefacts import ARTEFACTS
+from jaxmed.demo import (
+    DemoConfig,
+    TestSet,
+    auroc_table,
+    demo_config,
+    format_auroc_table,
+    make_test_set,
+    subset_indices,
+)
+
+FILES = ("results.csv", "results.json", "summary.json", "roc_vae.png", "roc_pca.png",
+         "score_histograms.png", "image_grid.png", "loss_curve.png")
+CHECKPOINT_FILES = ("config.json", "preprocess.json", "calibration.json", "metrics.jsonl")
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    import contextlib
+    import io
+
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        rc = main(["demo", "--quick", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    return out, stdout.getvalue()
+
+
+def test_demo_writes_its_outputs(demo_run):
+    out, printed = demo_run
+    for name in FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    for name in CHECKPOINT_FILES:
+        assert (out / "checkpoint" / name).is_file(), name
+    assert list((out / "checkpoint" / "checkpoints").iterdir())
+    for name in FILES:
+        if name.endswith(".png"):
+            assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["table"] in printed
+    for artefact in DemoConfig().artefacts:
+        assert artefact in printed
+
+
+def test_demo_aurocs_match_sklearn_and_beat_chance(demo_run):
+    out, _ = demo_run
+    summary = json.loads((out / "summary.json").read_text())
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    groups = np.array([r["group"] for r in rows])
+    labels = np.array([int(r["label"]) for r in rows])
+    assert np.array_equal(labels, groups != "normal")
+    columns = {"VAE IS": -np.array([float(r["log_px_importance"]) for r in rows]),
+               "PCA(20)": np.array([float(r["pca_error"]) for r in rows])}
+    for method, scores in columns.items():
+        for artefact, entry in summary["auroc"][method].items():
+            rows_in = (groups == "normal") | (groups == artefact)
+            assert entry["auroc"] == pytest.approx(roc_auc_score(labels[rows_in], scores[rows_in]), abs=1e-6)
+            assert entry["low"] <= entry["auroc"] <= entry["high"]
+    # Even the quick run tells strong artefacts from normal slices.
+    for artefact in ("noise", "spike"):
+        assert summary["auroc"]["VAE IS"][artefact]["auroc"] > 0.5
+        assert summary["auroc"]["PCA(20)"][artefact]["auroc"] > 0.5
+
+
+def test_demo_decisions_follow_the_stored_threshold(demo_run):
+    out, _ = demo_run
+    calibration = json.loads((out / "checkpoint" / "calibration.json").read_text())
+    threshold = calibration["calibration"]["threshold"]
+    reference = np.asarray(calibration["calibration"]["reference_scores"])
+    # The threshold is the floor(fpr * n)-th smallest validation score.
+    assert threshold == reference[int(np.floor(0.05 * reference.size))]
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        score = float(r["log_px_importance"])
+        assert r["decision"] == ("normal" if score >= threshold else "abnormal")
+        assert float(r["p_value"]) == pytest.approx((1 + np.sum(reference <= score)) / (reference.size + 1))
+
+
+def test_demo_refuses_a_non_empty_folder(demo_run, capsys):
+    out, _ = demo_run
+    before = (out / "summary.json").read_text()
+    assert main(["demo", "--quick", "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (out / "summary.json").read_text() == before
+
+
+def test_make_test_set_by_hand(rng):
+    normal = rng.uniform(size=(3, 16, 16, 1)).astype(np.float32)
+    key = jax.random.key(5)
+    test = make_test_set(key, normal, artefacts=("blur", "noise"), severity=0.5, copies=2)
+    assert test.images.shape == (3 + 3 * 2 * 2, 16, 16, 1)
+    assert test.groups.tolist() == ["normal"] * 3 + ["blur"] * 6 + ["noise"] * 6
+    assert test.labels.tolist() == [0] * 3 + [1] * 12
+    assert test.source.tolist() == [0, 1, 2] + [0, 1, 2] * 4
+    np.testing.assert_array_equal(test.images[:3], normal)
+    # Copy c of slice i with artefact a: key fold_in(fold_in(fold_in(key, a), c), i), clipped to [0, 1].
+    k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, 1), 1), 2)
+    expected = np.clip(np.asarray(ARTEFACTS["noise"](k, jnp.asarray(normal[2, ..., 0]), severity=0.5)), 0, 1)
+    np.testing.assert_allclose(test.images[3 + 6 + 3 + 2, ..., 0], expected, atol=1e-6)
+    assert test.images.min() >= 0.0 and test.images.max() <= 1.0
+
+
+def test_subset_takes_the_first_copies_of_the_same_slices():
+    groups = np.array(["normal"] * 3 + ["a"] * 6)
+    test = TestSet(np.zeros((9, 2, 2, 1)), (groups != "normal").astype(int), groups,
+                   np.array([0, 1, 2, 0, 1, 2, 0, 1, 2]))
+    np.testing.assert_array_equal(subset_indices(test, per_group=2), [0, 1, 3, 4])
+    assert subset_indices(test, per_group=0).size == 0
+
+
+def test_auroc_table_matches_sklearn_and_formats(rng):
+    groups = np.array(["normal"] * 20 + ["noise"] * 10 + ["blur"] * 10)
+    test = TestSet(np.zeros((40, 1)), (groups != "normal").astype(int), groups, np.arange(40) % 20)
+    scores = rng.normal(size=40) + (groups == "noise") * 1.5 - (groups == "blur")
+    table = auroc_table(jax.random.key(0), {"m": scores}, test, num_resamples=50)
+    for artefact in ("noise", "blur"):
+        rows = (groups == "normal") | (groups == artefact)
+        assert table["m"][artefact]["auroc"] == pytest.approx(roc_auc_score(test.labels[rows], scores[rows]))
+        assert table["m"][artefact]["num_normal"] == 20 and table["m"][artefact]["num_corrupted"] == 10
+    lines = format_auroc_table(table).splitlines()
+    assert lines[0].split() == ["artefact", "m"] and lines[2].split()[0] == "noise"
+    assert lines[2].split()[1] == f"{table['m']['noise']['auroc']:.3f}"
+
+
+def test_demo_config_validates():
+    assert demo_config(quick=True).preset == "small32"
+    assert demo_config(quick=True, steps=70).steps == 70
+    with pytest.raises(ValueError, match="unknown artefacts"):
+        DemoConfig(artefacts=("noise", "zipper"))
+    with pytest.raises(ValueError, match="data must be one of"):
+        DemoConfig(data="ct")
+    with pytest.raises(ValueError, match="square single-channel 2D preset"):
+        DemoConfig(preset="small3d")

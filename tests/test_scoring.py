@@ -1,0 +1,294 @@
+"""Scoring files with a checkpoint: preprocessing, scores, tables, calibration.
+
+Expected values are computed independently: preprocessing by hand in numpy,
+the match score from the encoder's outputs with the closed-form Gaussian KL in
+numpy, thresholds and p-values from their definitions.
+"""
+
+import json
+import math
+import os
+import shutil
+
+import jax
+import nibabel as nib
+import numpy as np
+import optax
+import pytest
+from pydicom.data import get_testdata_file
+
+from jaxmed.anomaly import Calibration, two_sided_anomaly_scores
+from jaxmed.likelihood import log_px
+from jaxmed.models import PRESETS, VAE, vae_latent_model
+from jaxmed.scoring import (
+    CALIBRATION_FILE,
+    ROW_FIELDS,
+    Preprocessing,
+    ScoreSpec,
+    calibrate_paths,
+    load_calibration,
+    load_scorer,
+    preprocess_volume,
+    save_calibration,
+    save_preprocessing,
+    score_images,
+    score_paths,
+    write_table,
+)
+from jaxmed.train import Checkpointer, TrainState, save_config
+from jaxmed.train.registry import model_config_to_dict
+
+MATCH = ScoreSpec(method="match", batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A checkpoint folder of the 8x8 "tiny" VAE at its (random) initial parameters."""
+    run_dir = tmp_path_factory.mktemp("run")
+    config = PRESETS["tiny"]
+    model = VAE(config)
+    # Parameters drawn with numpy at the shapes init would make: compiling
+    # the initialisers' PRNG code costs more than every test here.
+    shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 8, 8, 1), np.float32), jax.random.key(1))
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: (0.3 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
+    save_config(run_dir, {"model": {"name": "vae", "preset": "tiny", "config": model_config_to_dict(config)}})
+    with Checkpointer(run_dir) as checkpointer:
+        checkpointer.save(TrainState.create(params=params, tx=optax.sgd(0.1), key=jax.random.key(2)))
+    return run_dir
+
+
+def _volume(rng):
+    """(z, y, x) = (6, 8, 8): five slices with an object, one empty slice (index 3)."""
+    array = np.zeros((6, 8, 8), np.float32)
+    array[:, 2:6, 1:7] = rng.uniform(100.0, 900.0, size=(6, 4, 6))
+    array[3] = 0.0
+    array[5, 0, 0] = 5000.0  # an outlier the percentile clip removes
+    return array
+
+
+def _preprocess_by_hand(array):
+    lo, hi = np.percentile(array, [0.5, 99.5])
+    clipped = np.clip(array, lo, hi)
+    scaled = (clipped - clipped.min()) / (clipped.max() - clipped.min() + 1e-8)
+    keep = np.flatnonzero(np.mean(scaled > 0.05, axis=(1, 2)) >= 0.05)
+    return scaled[keep][..., None], keep
+
+
+def _match_by_hand(model, params, images):
+    mean, log_scale = (np.asarray(a, np.float64) for a in model.apply(params, images, method=VAE.encode))
+    std = np.exp(log_scale)
+    return -0.5 * np.sum(std**2 + mean**2 - 1.0 - 2.0 * np.log(std), axis=-1)
+
+
+def _write_nifti(path, array_zyx):
+    nib.save(nib.Nifti1Image(np.transpose(array_zyx, (2, 1, 0)), np.eye(4)), path)
+
+
+def test_minmax_preprocessing_by_hand(rng):
+    array = _volume(rng)
+    images, indices = preprocess_volume(array, Preprocessing(image_size=(8, 8)))
+    expected, keep = _preprocess_by_hand(array)
+    np.testing.assert_array_equal(indices, [0, 1, 2, 4, 5])
+    np.testing.assert_array_equal(indices, keep)
+    assert images.shape == (5, 8, 8, 1) and images.dtype == np.float32
+    np.testing.assert_allclose(images, expected, atol=1e-6)
+
+
+def test_minmax_preprocessing_resamples_to_the_model_size(rng):
+    array = np.repeat(np.repeat(_volume(rng), 2, axis=1), 2, axis=2)  # 16x16 slices of 2x2 blocks
+    images, _ = preprocess_volume(array, Preprocessing(image_size=(8, 8)))
+    expected, _ = _preprocess_by_hand(array)
+    # Halving a 2x2-block image samples between the block's pixels: one value.
+    np.testing.assert_allclose(images, expected[:, ::2, ::2], atol=1e-5)
+
+
+def test_preprocessing_errors_name_the_problem():
+    with pytest.raises(ValueError, match="unknown preprocessing method"):
+        Preprocessing(image_size=(8, 8), method="zscore")
+    with pytest.raises(ValueError, match="scan.nii: holds NaN"):
+        preprocess_volume(_Named(np.full((2, 8, 8), np.nan, np.float32), "scan.nii"), Preprocessing(image_size=(8, 8)))
+    prep = Preprocessing(image_size=(8, 8), method="brain_mri", margin_mm=2.0)
+    assert Preprocessing.from_dict(json.loads(json.dumps(prep.to_dict()))) == prep
+    with pytest.raises(ValueError, match="unknown preprocessing field"):
+        Preprocessing.from_dict({**prep.to_dict(), "size": 3})
+
+
+class _Named:
+    def __init__(self, array, source):
+        self.array, self.source = array, source
+
+
+def test_match_scores_by_hand_and_independent_of_batching(run_dir, rng):
+    scorer = load_scorer(run_dir)
+    images = rng.uniform(size=(7, 8, 8, 1)).astype(np.float32)
+    expected = _match_by_hand(scorer.model, scorer.params, images)
+    for batch_size in (1, 3, 32):
+        spec = ScoreSpec(method="match", batch_size=batch_size)
+        got = score_images(jax.random.key(0), scorer.model, scorer.params, images, spec=spec)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_importance_scores_use_one_key_per_image(run_dir, rng):
+    scorer = load_scorer(run_dir)
+    images = rng.uniform(size=(5, 8, 8, 1)).astype(np.float32)
+    key = jax.random.key(3)
+    indices = np.array([4, 9, 0, 7, 2])
+    by_two = score_images(key, scorer.model, scorer.params, images, indices=indices,
+                          spec=ScoreSpec(num_samples=8, chunk_size=4, batch_size=2))
+    # Image i is log_px of a batch of one with key fold_in(key, indices[i]),
+    # whatever the batch it was scored in.
+    lvm = vae_latent_model(scorer.model, scorer.params)
+    direct = jax.jit(jax.vmap(lambda k, x: log_px(k, lvm, x[None], method="importance", num_samples=8)[0]))(
+        jax.vmap(lambda i: jax.random.fold_in(key, i))(indices), images)
+    np.testing.assert_allclose(by_two, np.asarray(direct), rtol=1e-5)
+
+
+def test_load_scorer_reads_preprocessing_and_checks_its_size(run_dir, tmp_path):
+    scorer = load_scorer(run_dir)
+    assert scorer.preprocessing == Preprocessing(image_size=(8, 8))  # jaxmed train's file default
+    assert scorer.calibration is None and scorer.calibration_spec is None
+    other = tmp_path / "run"
+    shutil.copytree(run_dir, other)
+    save_preprocessing(other, Preprocessing(image_size=(16, 16)))
+    with pytest.raises(ValueError, match=r"image_size \(16, 16\) does not match the model input \(8, 8, 1\)"):
+        load_scorer(other)
+
+
+def test_calibration_file_round_trip_and_no_overwrite(tmp_path):
+    calibration = Calibration(threshold=-3.0, reference_scores=np.array([-1.0, -3.0, 2.0]), target_fpr=0.05)
+    spec = ScoreSpec(method="importance", num_samples=12, options={"foo": 1})
+    save_calibration(tmp_path, calibration, spec=spec)
+    with pytest.raises(FileExistsError, match="calibration.json: exists"):
+        save_calibration(tmp_path, calibration, spec=spec)
+    loaded, loaded_spec = load_calibration(tmp_path)
+    assert loaded.threshold == -3.0 and loaded.target_fpr == 0.05
+    np.testing.assert_array_equal(loaded.reference_scores, [-3.0, -1.0, 2.0])
+    assert loaded_spec == spec
+    (tmp_path / CALIBRATION_FILE).write_text("{}")
+    with pytest.raises(ValueError, match="not a valid calibration file"):
+        load_calibration(tmp_path)
+
+
+@pytest.fixture
+def study(tmp_path, rng):
+    folder = tmp_path / "study"
+    folder.mkdir()
+    array = _volume(rng)
+    _write_nifti(folder / "brain.nii.gz", array)
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
+    shutil.copy(get_testdata_file("MR_truncated.dcm"), folder / "corrupt.dcm")
+    return folder, array
+
+
+def test_score_paths_table_by_hand(run_dir, study):
+    folder, array = study
+    scorer = load_scorer(run_dir)
+    reference = np.array([-30.0, -20.0, -10.0, -5.0, 0.0, 5.0, 10.0])
+    calibration = Calibration(threshold=-10.0, reference_scores=reference, target_fpr=0.3)
+    table = score_paths(scorer, [folder], spec=MATCH, calibration=calibration)
+
+    assert table.num_scored == 2
+    assert [p["path"] for p in table.problems] == [str(folder / "corrupt.dcm")]
+    assert "truncated" in table.problems[0]["problem"]
+    assert all(set(r) == set(ROW_FIELDS) for r in table.rows)
+    errors = [r for r in table.rows if r["level"] == "error"]
+    assert [(e["file"], e["problem"]) for e in errors] == [(p["path"], p["problem"]) for p in table.problems]
+
+    nifti = [r for r in table.rows if r["file"] == str(folder / "brain.nii.gz")]
+    slices, (volume,) = nifti[:-1], nifti[-1:]
+    images, keep = _preprocess_by_hand(array)
+    expected = _match_by_hand(scorer.model, scorer.params, images.astype(np.float32))
+    assert [r["slice"] for r in slices] == keep.tolist()
+    np.testing.assert_allclose([r["score"] for r in slices], expected, rtol=1e-4, atol=1e-4)
+    for r, s in zip(slices, expected, strict=True):
+        assert r["decision"] == ("normal" if s >= -10.0 else "abnormal")
+        assert r["p_value"] == pytest.approx((1 + np.sum(reference <= r["score"])) / 8)
+        assert r["num_reference"] == 7 and r["input"] == "nifti"
+    assert volume["num_slices"] == 5
+    assert volume["score"] == min(r["score"] for r in slices)
+    assert volume["worst_slice"] == keep[int(np.argmin(expected))]
+    assert volume["p_value"] == pytest.approx(min(1.0, 5 * min(r["p_value"] for r in slices)))
+
+    ct = [r for r in table.rows if r["file"] == str(folder / "ct.dcm")]
+    assert [r["level"] for r in ct] == ["slice", "volume"] and ct[0]["slice"] == 0
+
+
+def test_user_threshold_without_calibration(run_dir, study):
+    folder, _ = study
+    table = score_paths(load_scorer(run_dir), [folder / "ct.dcm"], spec=MATCH, threshold=1e9)
+    (slice_row, volume_row) = table.rows
+    assert slice_row["decision"] == volume_row["decision"] == "abnormal"
+    assert slice_row["p_value"] is None and slice_row["num_reference"] is None
+    table = score_paths(load_scorer(run_dir), [folder / "ct.dcm"], spec=MATCH)
+    assert table.rows[0]["decision"] is None
+
+
+def test_calibrate_paths_threshold_is_the_order_statistic(run_dir, study, tmp_path):
+    folder, _ = study
+    scorer = load_scorer(run_dir)
+    calibration, problems, num_volumes = calibrate_paths(scorer, [folder], spec=MATCH, fpr=0.2)
+    assert num_volumes == 2 and len(problems) == 1
+    table = score_paths(scorer, [folder], spec=MATCH)
+    scores = np.sort([r["score"] for r in table.rows if r["level"] == "slice"])
+    assert scores.size == 6
+    assert calibration.threshold == pytest.approx(scores[math.floor(0.2 * 6)])
+    np.testing.assert_allclose(calibration.reference_scores, scores)
+    with pytest.raises(ValueError, match="no normal slice could be scored.*corrupt.dcm"):
+        calibrate_paths(scorer, [folder / "corrupt.dcm"], spec=MATCH)
+
+
+def test_write_table_csv_json_and_no_overwrite(run_dir, study, tmp_path):
+    import csv
+
+    folder, _ = study
+    table = score_paths(load_scorer(run_dir), [folder], spec=MATCH, threshold=0.0)
+    csv_path, json_path = write_table(table, csv_path=tmp_path / "t.csv", json_path=tmp_path / "t.json",
+                                      meta={"note": "x"})
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(table.rows) and list(rows[0]) == list(ROW_FIELDS)
+    assert [float(r["score"]) for r in rows if r["score"]] == pytest.approx(
+        [r["score"] for r in table.rows if r["score"] is not None])
+    record = json.loads(json_path.read_text())
+    assert record["meta"] == {"note": "x"} and record["rows"] == table.rows
+    before = csv_path.read_text()
+    with pytest.raises(FileExistsError):
+        write_table(table, csv_path=csv_path, json_path=tmp_path / "other.json")
+    assert csv_path.read_text() == before and not os.path.exists(tmp_path / "other.json")
+
+
+def test_two_sided_scores_by_hand():
+    reference = np.array([1.0, 2.0, 3.0, 4.0, 100.0])
+    # median 3, |ref - 3| = 2 1 0 1 97 -> MAD 1 -> scale 1.4826.
+    got = two_sided_anomaly_scores(np.array([3.0, 0.0, 6.0]), reference)
+    np.testing.assert_allclose(got, [0.0, 3 / 1.4826, 3 / 1.4826])
+    with pytest.raises(ValueError):
+        two_sided_anomaly_scores([1.0], [np.nan])
+
+
+def test_brain_preprocessing_reproduces_the_training_slices():
+    from jaxmed.data.brain_mri import load_brain_mri, template_path
+    from jaxmed.io import read_image
+
+    volume = read_image(template_path())
+    images, indices = preprocess_volume(volume, Preprocessing(image_size=(32, 32), method="brain_mri"))
+    splits = load_brain_mri(size=32)
+    for split in (splits.train, splits.val, splits.test):
+        rows = np.searchsorted(indices, split["slice_index"])
+        np.testing.assert_array_equal(indices[rows], split["slice_index"])
+        np.testing.assert_allclose(images[rows], split["image"], atol=1e-6)
+    with pytest.raises(ValueError, match="reads one NIfTI or DICOM file"):
+        preprocess_volume(np.zeros((3, 8, 8)), Preprocessing(image_size=(8, 8), method="brain_mri"))
+
+
+def test_preprocessing_of_a_run_without_preprocess_json(tmp_path):
+    from jaxmed.scoring import load_preprocessing
+
+    (tmp_path / "config.json").write_text(json.dumps({"data": {"source": "brain-mri"}}))
+    assert load_preprocessing(tmp_path, image_shape=(64, 64, 1)) == Preprocessing(image_size=(64, 64),
+                                                                                   method="brain_mri")
+    (tmp_path / "config.json").write_text(json.dumps({"data": {"source": "/data/scans"}}))
+    assert load_preprocessing(tmp_path, image_shape=(64, 64, 1)).method == "minmax"
+    with pytest.raises(ValueError, match="not a single-channel 2D image"):
+        load_preprocessing(tmp_path, image_shape=(16, 16, 16, 1))

@@ -1,0 +1,264 @@
+"""Tests of jaxmed.models: conv layers (every implementation against PyTorch and
+Flax), the VAE's shapes, likelihoods against hand-written formulas, and the
+latent-variable adapter used by the log p(x) estimators."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from jaxmed.models import LIKELIHOODS, PRESETS, VAE, VAEConfig, vae_latent_model
+from jaxmed.models.layers import (
+    DOWN_IMPLS,
+    UP_IMPLS,
+    conv_transpose,
+    depth_to_space,
+    space_to_depth,
+    strided_conv,
+)
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def random_params(model, rng, *example_args):
+    """Parameters of ``model`` drawn with numpy (LeCun-normal scale, biases small).
+
+    Compiling ``model.init`` costs seconds of XLA time on CPU; the tests check
+    functions of the parameters, not the initialiser, so numpy draws them.
+    """
+    shapes = jax.eval_shape(model.init, jax.random.key(0), *example_args)
+
+    def draw(s):
+        fan_in = math.prod(s.shape[:-1]) if len(s.shape) > 1 else 100
+        return jnp.asarray(rng.normal(size=s.shape) / math.sqrt(fan_in), s.dtype)
+
+    return jax.tree.map(draw, shapes)
+
+
+def _torch(a):
+    return torch.from_numpy(np.asarray(a, np.float64))
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def test_space_to_depth_matches_numpy_and_inverts(rng):
+    x = rng.normal(size=(2, 4, 6, 3)).astype(np.float32)
+    y = np.asarray(space_to_depth(jnp.asarray(x), 2))
+    assert y.shape == (2, 2, 3, 12)
+    # channel (r1, r2, c): y[b, i, j, (r1 * 2 + r2) * 3 + c] = x[b, 2i + r1, 2j + r2, c]
+    for r1 in range(2):
+        for r2 in range(2):
+            for c in range(3):
+                np.testing.assert_array_equal(y[..., (r1 * 2 + r2) * 3 + c], x[:, r1::2, r2::2, c])
+    np.testing.assert_array_equal(np.asarray(depth_to_space(jnp.asarray(y), 2)), x)
+
+
+@pytest.mark.parametrize("impl", DOWN_IMPLS)
+@pytest.mark.parametrize("n, k, s", [(8, 4, 2), (7, 3, 2), (9, 5, 3)])
+def test_strided_conv_matches_torch(impl, n, k, s, rng):
+    x = rng.normal(size=(2, n, n, 3)).astype(np.float32)
+    w = rng.normal(size=(k, k, 3, 5)).astype(np.float32)
+    out = jax.jit(lambda x, w: strided_conv(x, w, strides=s, impl=impl))(x, w)
+    # "SAME" padding: total max((ceil(n/s)-1)*s + k - n, 0), the extra pixel at the end.
+    total = max((-(-n // s) - 1) * s + k - n, 0)
+    xt = torch.nn.functional.pad(_torch(x).permute(0, 3, 1, 2), (total // 2, total - total // 2) * 2)
+    ref = torch.nn.functional.conv2d(xt, _torch(w).permute(3, 2, 0, 1), stride=s)
+    np.testing.assert_allclose(out, ref.permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", UP_IMPLS)
+@pytest.mark.parametrize("n, k, s", [(5, 4, 2), (4, 3, 2), (3, 6, 3)])
+def test_conv_transpose_matches_flax_and_torch(impl, n, k, s, rng):
+    x = rng.normal(size=(2, n, n, 3)).astype(np.float32)
+    w = rng.normal(size=(k, k, 3, 5)).astype(np.float32)
+    out = jax.jit(lambda x, w: conv_transpose(x, w, strides=s, impl=impl))(x, w)
+    assert out.shape == (2, n * s, n * s, 5)
+    flax_out = nn.ConvTranspose(5, (k, k), (s, s), padding="SAME", use_bias=False).apply(
+        {"params": {"kernel": w}}, x
+    )
+    np.testing.assert_allclose(out, flax_out, rtol=1e-4, atol=1e-4)
+    # lax "SAME" transposed conv = PyTorch's with the kernel flipped and padding
+    # k - 1 - pad_a, pad_a = ceil((k + s - 2) / 2); output cropped to n * s.
+    pad_a = -(-(k + s - 2) // 2)
+    full = torch.nn.functional.conv_transpose2d(
+        _torch(x).permute(0, 3, 1, 2), _torch(w[::-1, ::-1].copy()).permute(2, 3, 0, 1), stride=s
+    )
+    lo = k - 1 - pad_a
+    ref = full[:, :, lo : lo + n * s, lo : lo + n * s].permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_fast_layers_match_reference_in_1d_and_3d_with_gradients(rng):
+    for shape in [(2, 6, 3), (1, 4, 6, 4, 3)]:
+        rank = len(shape) - 2
+        x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+        w = jnp.asarray(rng.normal(size=(4,) * rank + (3, 2)), jnp.float32)
+        for fn, impls in [(strided_conv, DOWN_IMPLS), (conv_transpose, UP_IMPLS)]:
+            def loss(x, w, impl, fn=fn):
+                y = fn(x, w, strides=2, impl=impl)
+                return jnp.sum(jnp.sin(y))
+
+            ref = jax.jit(jax.value_and_grad(loss, (0, 1)), static_argnums=2)(x, w, "xla")
+            for impl in impls[1:]:
+                got = jax.jit(jax.value_and_grad(loss, (0, 1)), static_argnums=2)(x, w, impl)
+                for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+                    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- VAE
+
+
+def _reference64_param_count():
+    enc = sum(16 * cin * cout + cout for cin, cout in [(1, 32), (32, 64), (64, 128), (128, 256)])
+    enc += 4 * 4 * 256 * 64 + 64  # dense to mean and log-scale
+    dec = 32 * 4 * 4 * 256 + 4 * 4 * 256
+    dec += sum(16 * cin * cout + cout for cin, cout in [(256, 128), (128, 64), (64, 32), (32, 1)])
+    return enc + dec
+
+
+def test_reference64_size_and_implementations_agree(key, rng):
+    cfg = PRESETS["reference64"]
+    model = VAE(cfg)
+    x = jnp.asarray(rng.uniform(size=(2, 64, 64, 1)), jnp.float32)
+    params = random_params(model, rng, x, key)
+    n = sum(a.size for a in jax.tree.leaves(params))
+    assert n == _reference64_param_count() == 1_775_361
+    textbook = VAE(VAEConfig(image_shape=(64, 64, 1), down_impl="xla", up_impl="xla"))
+    z = jnp.asarray(rng.normal(size=(2, 32)), jnp.float32)
+
+    @jax.jit
+    def both(params, x, z):
+        return [
+            (m.apply(params, x, method=VAE.encode), m.apply(params, z, method=VAE.decode))
+            for m in (model, textbook)
+        ]
+
+    fast, ref = both(params, x, z)
+    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+SMALL_CONFIGS = {
+    "2d": PRESETS["tiny"],
+    "3d": VAEConfig(image_shape=(8, 8, 4, 1), latent_dim=3, channels=(4, 4)),  # small3d, smaller
+    "flat": PRESETS["features64"],
+}
+
+
+@pytest.mark.parametrize("name", list(SMALL_CONFIGS))
+def test_shapes_one_image_and_batches_agree(name, key, rng):
+    cfg = SMALL_CONFIGS[name]
+    model = VAE(cfg)
+    xs = jnp.asarray(rng.uniform(size=(2, 3, *cfg.image_shape)), jnp.float32)
+    params = random_params(model, rng, xs[0], key)
+
+    @jax.jit
+    def run(params, xs):
+        mean, log_scale = model.apply(params, xs, method=VAE.encode)
+        one = model.apply(params, xs[1, 2], method=VAE.encode)
+        decoded = model.apply(params, mean, method=VAE.decode)
+        ll = model.apply(params, xs, mean, method=VAE.log_likelihood)
+        ll0 = model.apply(params, xs[1, 2], mean[1, 2], method=VAE.log_likelihood)
+        return mean, log_scale, one, decoded, ll, ll0, model.apply(params, xs, key)
+
+    mean, log_scale, (m0, s0), decoded, ll, ll0, out = run(params, xs)
+    assert mean.shape == log_scale.shape == (2, 3, cfg.latent_dim)
+    np.testing.assert_allclose(m0, mean[1, 2], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(s0, log_scale[1, 2], rtol=1e-5, atol=1e-5)
+    assert all(v.shape == (2, 3, *cfg.image_shape) for v in decoded.values())
+    assert ll.shape == (2, 3) and ll0.shape == ()
+    np.testing.assert_allclose(ll0, ll[1, 2], rtol=1e-5)
+    assert out["z"].shape == (2, 3, cfg.latent_dim)
+    # z = mean + exp(log_scale) * eps, eps ~ N(0, 1) from the key.
+    eps = jax.random.normal(key, mean.shape)
+    np.testing.assert_allclose(out["z"], mean + np.exp(log_scale) * eps, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "likelihood", ["gaussian_unit", "gaussian_learned_pixel", "gaussian_learned_global", "bernoulli"]
+)
+def test_log_likelihood_matches_formula(likelihood, key, rng):
+    cfg = VAEConfig(image_shape=(8, 8, 2), latent_dim=3, channels=(4, 8), likelihood=likelihood)
+    model = VAE(cfg)
+    x = rng.uniform(size=(2, 8, 8, 2))
+    if likelihood == "bernoulli":
+        x = (x > 0.5).astype(np.float64)
+    x = jnp.asarray(x, jnp.float32)
+    params = random_params(model, rng, x, key)
+    if likelihood.startswith("gaussian_learned"):
+        # A non-trivial learned scale, so that the test sees it.
+        shape = params["params"]["log_scale"].shape
+        params["params"]["log_scale"] = jnp.asarray(rng.normal(size=shape) * 0.3, jnp.float32)
+    z = jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)
+    got, dec = jax.jit(
+        lambda p, x, z: (model.apply(p, x, z, method=VAE.log_likelihood), model.apply(p, z, method=VAE.decode))
+    )(params, x, z)
+    dec = jax.tree.map(lambda a: np.asarray(a, np.float64), dec)
+    xn = np.asarray(x, np.float64)
+    if likelihood == "bernoulli":
+        p = 1 / (1 + np.exp(-dec["logits"]))
+        np.testing.assert_allclose(dec["mean"], p, rtol=1e-5)
+        expected = (xn * np.log(p) + (1 - xn) * np.log1p(-p)).sum(axis=(1, 2, 3))
+    else:
+        sigma = np.exp(dec["log_scale"]) if "log_scale" in dec else np.ones_like(xn)
+        if likelihood == "gaussian_learned_global":
+            assert np.unique(sigma).size == 1
+        expected = (
+            -0.5 * ((xn - dec["mean"]) / sigma) ** 2 - np.log(sigma) - 0.5 * LOG_2PI
+        ).sum(axis=(1, 2, 3))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_latent_model_under_jit_and_vmap(key, rng):
+    cfg = PRESETS["tiny"]
+    model = VAE(cfg)
+    xs = jnp.asarray(rng.uniform(size=(3, *cfg.image_shape)), jnp.float32)
+    params = random_params(model, rng, xs, key)
+    lvm = vae_latent_model(model, params)
+    z = jnp.asarray(rng.normal(size=(3, cfg.latent_dim)), jnp.float32)
+
+    @jax.jit
+    def evaluate(lvm, xs, z):
+        return jax.vmap(lambda x, z: (lvm.log_prior(z), lvm.log_likelihood(x, z), lvm.proposal(x)))(xs, z)
+
+    log_prior, log_lik, (mean, std) = evaluate(lvm, xs, z)
+    zn = np.asarray(z, np.float64)
+    np.testing.assert_allclose(log_prior, (-0.5 * zn**2 - 0.5 * LOG_2PI).sum(-1), rtol=1e-6)
+    ref = jax.jit(lambda p: (model.apply(p, xs, z, method=VAE.log_likelihood), model.apply(p, xs, method=VAE.encode)))
+    ref_log_lik, (m, s) = ref(params)
+    np.testing.assert_allclose(log_lik, ref_log_lik, rtol=1e-5)
+    np.testing.assert_allclose(mean, m, rtol=1e-6)
+    np.testing.assert_allclose(std, np.exp(s), rtol=1e-6)
+    # Params are leaves: a new set of params does not retrace and changes the answer.
+    params2 = jax.tree.map(lambda a: a * 1.5, params)
+    _, log_lik2, _ = evaluate(vae_latent_model(model, params2), xs, z)
+    assert evaluate._cache_size() == 1
+    assert not np.allclose(log_lik2, log_lik)
+    assert set(LIKELIHOODS) == {"gaussian_unit", "gaussian_learned_pixel", "gaussian_learned_global", "bernoulli"}
+
+
+def test_bad_shapes_and_configs_raise(key):
+    model = VAE(PRESETS["tiny"])
+    # Shapes are checked while tracing: abstract evaluation is enough.
+    params = jax.eval_shape(model.init, key, jnp.zeros((1, 8, 8, 1)), key)
+    with pytest.raises(ValueError, match=r"x must have shape \(\*batch, 8, 8, 1\), got \(2, 8, 7, 1\)"):
+        jax.eval_shape(lambda p: model.apply(p, jnp.zeros((2, 8, 7, 1)), method=VAE.encode), params)
+    with pytest.raises(ValueError, match="batch shape"):
+        jax.eval_shape(
+            lambda p: model.apply(p, jnp.zeros((2, 8, 8, 1)), jnp.zeros((3, 2)), method=VAE.log_likelihood),
+            params,
+        )
+    with pytest.raises(ValueError, match="not divisible"):
+        VAEConfig(image_shape=(30, 30, 1), channels=(8, 8))
+    with pytest.raises(ValueError, match="unknown likelihood"):
+        VAEConfig(image_shape=(8, 8, 1), channels=(4, 8), likelihood="laplace")
+    with pytest.raises(ValueError, match="one positive stride per layer"):
+        VAEConfig(image_shape=(8, 8, 1), channels=(4, 8), strides=(2,))
+    with pytest.raises(ValueError, match="unknown down_impl"):
+        VAEConfig(image_shape=(8, 8, 1), channels=(4, 8), down_impl="fft")
+    assert VAEConfig(image_shape=[8, 8, 1], channels=[4, 8]).strides == (2, 2)
