@@ -99,6 +99,10 @@ class DemoConfig:
         about the learning rate per step, so at 1e-3 log sigma would need
         thousands of steps to fall from 0 (sigma = 1) to the few percent of
         the intensity range the reconstructions support.
+      min_noise_std: floor of the learned noise scale, intensity units.
+        Unfloored, the scale of pixels that are background in every training
+        slice falls to ~1e-7, and any signal there costs ~1e14 nats: scores
+        that rank but no sampler can work with (HMC diverges).
       augment: random shifts, flips and intensity scaling of the training
         slices (:func:`jaxmed.data.brain_mri.augment`; the training set is
         one template, ~70 slices).
@@ -134,6 +138,7 @@ class DemoConfig:
     warmup_steps: int = 100
     beta: float = 1.0
     noise_scale_lr_factor: float = 30.0
+    min_noise_std: float = 0.01
     augment: bool = True
     max_shift: int = 2
     intensity_range: tuple[float, float] = (0.9, 1.1)
@@ -186,8 +191,9 @@ class DemoConfig:
                              "num_bootstrap and num_phantoms must be >= 1")
         if self.subset_per_group < 0 or self.eval_every < 0 or self.max_shift < 0 or self.warmup_steps < 0:
             raise ValueError("subset_per_group, eval_every, max_shift and warmup_steps must be >= 0")
-        if not self.noise_scale_lr_factor > 0:
-            raise ValueError(f"noise_scale_lr_factor must be > 0, got {self.noise_scale_lr_factor}")
+        if not self.noise_scale_lr_factor > 0 or not self.min_noise_std > 0:
+            raise ValueError(f"noise_scale_lr_factor and min_noise_std must be > 0, got "
+                             f"{self.noise_scale_lr_factor}, {self.min_noise_std}")
         if self.warmup_steps >= self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < steps ({self.steps})")
         lo, hi = self.intensity_range
@@ -422,15 +428,33 @@ def train_vae(config: DemoConfig, data: DemoData, run_dir: str | os.PathLike, *,
     return TrainedVAE(model, params, result.records, run_dir, seconds)
 
 
+def _floor(minimum: float):
+    """A gradient transformation that keeps the parameters at or above ``minimum`` (a projection)."""
+    import optax
+
+    def update(updates, state, params):
+        return jax.tree.map(lambda u, p: jnp.maximum(u, minimum - p), updates, params), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def _optimizer(optim, config: DemoConfig):
-    """Adam with warm-up and cosine decay; the noise scale at ``noise_scale_lr_factor`` times the rate."""
+    """Adam with warm-up and cosine decay; the noise scale faster, and floored.
+
+    The decoder's log sigma trains at ``noise_scale_lr_factor`` times the
+    learning rate and is projected onto ``log sigma >= log(min_noise_std)``
+    after each step.
+    """
     import optax
 
     from jaxmed.train import make_optimizer
 
     network = make_optimizer(optim, total_steps=config.steps)
-    scale = make_optimizer(dataclasses.replace(optim, learning_rate=optim.learning_rate * config.noise_scale_lr_factor),
-                           total_steps=config.steps)
+    scale = optax.chain(
+        make_optimizer(dataclasses.replace(optim, learning_rate=optim.learning_rate * config.noise_scale_lr_factor),
+                       total_steps=config.steps),
+        _floor(math.log(config.min_noise_std)),
+    )
 
     def labels(params):
         def label(path, _):

@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from jaxmed.models import LIKELIHOODS, PRESETS, VAE, VAEConfig, vae_latent_model
 from jaxmed.models.layers import (
@@ -40,6 +39,9 @@ def random_params(model, rng, *example_args):
 
 
 def _torch(a):
+    # PyTorch is an optional oracle (the `bench` extra); XLA's own convolution
+    # is the reference that always runs.
+    torch = pytest.importorskip("torch")
     return torch.from_numpy(np.asarray(a, np.float64))
 
 
@@ -59,20 +61,24 @@ def test_space_to_depth_matches_numpy_and_inverts(rng):
 
 
 @pytest.mark.parametrize("impl", DOWN_IMPLS)
-@pytest.mark.parametrize("n, k, s", [(8, 4, 2), (7, 3, 2), (9, 5, 3)])
+@pytest.mark.parametrize("n, k, s", [(8, 4, 2), (9, 5, 3)])
 def test_strided_conv_matches_torch(impl, n, k, s, rng):
     x = rng.normal(size=(2, n, n, 3)).astype(np.float32)
     w = rng.normal(size=(k, k, 3, 5)).astype(np.float32)
     out = jax.jit(lambda x, w: strided_conv(x, w, strides=s, impl=impl))(x, w)
     # "SAME" padding: total max((ceil(n/s)-1)*s + k - n, 0), the extra pixel at the end.
     total = max((-(-n // s) - 1) * s + k - n, 0)
+    pads = [(total // 2, total - total // 2)] * 2
+    xla = jax.lax.conv_general_dilated(x, w, (s, s), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(out, xla, rtol=1e-4, atol=1e-4)
+    torch = pytest.importorskip("torch")
     xt = torch.nn.functional.pad(_torch(x).permute(0, 3, 1, 2), (total // 2, total - total // 2) * 2)
     ref = torch.nn.functional.conv2d(xt, _torch(w).permute(3, 2, 0, 1), stride=s)
     np.testing.assert_allclose(out, ref.permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("impl", UP_IMPLS)
-@pytest.mark.parametrize("n, k, s", [(5, 4, 2), (4, 3, 2), (3, 6, 3)])
+@pytest.mark.parametrize("n, k, s", [(5, 4, 2), (3, 6, 3)])
 def test_conv_transpose_matches_flax_and_torch(impl, n, k, s, rng):
     x = rng.normal(size=(2, n, n, 3)).astype(np.float32)
     w = rng.normal(size=(k, k, 3, 5)).astype(np.float32)
@@ -85,6 +91,7 @@ def test_conv_transpose_matches_flax_and_torch(impl, n, k, s, rng):
     # lax "SAME" transposed conv = PyTorch's with the kernel flipped and padding
     # k - 1 - pad_a, pad_a = ceil((k + s - 2) / 2); output cropped to n * s.
     pad_a = -(-(k + s - 2) // 2)
+    torch = pytest.importorskip("torch")
     full = torch.nn.functional.conv_transpose2d(
         _torch(x).permute(0, 3, 1, 2), _torch(w[::-1, ::-1].copy()).permute(2, 3, 0, 1), stride=s
     )
@@ -94,18 +101,24 @@ def test_conv_transpose_matches_flax_and_torch(impl, n, k, s, rng):
 
 
 def test_fast_layers_match_reference_in_1d_and_3d_with_gradients(rng):
-    for shape in [(2, 6, 3), (1, 4, 6, 4, 3)]:
+    # 1D: every implementation; 3D (odd sizes, so tiles are padded): those
+    # with N-d index logic of their own.
+    cases = [((2, 7, 3), DOWN_IMPLS[1:], UP_IMPLS[1:]), ((1, 5, 6, 3, 3), ("s2d_winograd",), ("subpixel_winograd",))]
+    for shape, down_impls, up_impls in cases:
         rank = len(shape) - 2
         x = jnp.asarray(rng.normal(size=shape), jnp.float32)
         w = jnp.asarray(rng.normal(size=(4,) * rank + (3, 2)), jnp.float32)
-        for fn, impls in [(strided_conv, DOWN_IMPLS), (conv_transpose, UP_IMPLS)]:
-            def loss(x, w, impl, fn=fn):
-                y = fn(x, w, strides=2, impl=impl)
-                return jnp.sum(jnp.sin(y))
+        for fn, impls in [(strided_conv, down_impls), (conv_transpose, up_impls)]:
 
-            ref = jax.jit(jax.value_and_grad(loss, (0, 1)), static_argnums=2)(x, w, "xla")
-            for impl in impls[1:]:
-                got = jax.jit(jax.value_and_grad(loss, (0, 1)), static_argnums=2)(x, w, impl)
+            @jax.jit
+            def value_and_grads(x, w, fn=fn, impls=impls):
+                def loss(x, w, impl):
+                    return jnp.sum(jnp.sin(fn(x, w, strides=2, impl=impl)))
+
+                return [jax.value_and_grad(loss, (0, 1))(x, w, impl) for impl in ("xla", *impls)]
+
+            ref, *others = value_and_grads(x, w)
+            for got in others:
                 for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
                     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 

@@ -6,7 +6,7 @@ down-sampling convolution and a transposed (up-sampling) convolution each come
 in several *implementations* of one and the same function:
 
 - ``"xla"``: the textbook op, ``lax.conv_general_dilated`` with strides, or
-  ``lax.conv_transpose``; this is the reference the others are tested against.
+  ``lax.conv_transpose``; the reference the others are tested against.
 - ``"s2d"`` / ``"subpixel"``: the stride is moved out of the convolution. A
   stride-``s`` convolution with kernel ``k`` equals space-to-depth by ``s``
   followed by a stride-1 convolution with kernel ``ceil(k / s)`` over ``s**N``
@@ -14,11 +14,16 @@ in several *implementations* of one and the same function:
   convolution producing all ``s**N`` output phases as channels, each phase
   read at its own offset, then depth-to-space ("sub-pixel" convolution).
 - ``"s2d_matmul"`` / ``"subpixel_matmul"``: the same, with the stride-1
-  convolution written as patch extraction + one matrix product (im2col).
-  XLA:CPU runs GEMMs (and their gradients, which are GEMMs too) much faster
-  than the gradients of its convolutions.
+  convolution written as patch extraction + one GEMM (im2col).
+- ``"s2d_winograd"`` / ``"subpixel_winograd"``: the same, with the stride-1
+  convolution (2 taps per axis for k = 2s) computed by Winograd's F(2, 2)
+  algorithm: ``3**N`` GEMMs instead of ``4**N``.
+- ``"auto"``: per layer, the one measured fastest on XLA:CPU
+  (benchmarks/RESULTS.md).
 
-All implementations take the *same* parameters, in the layout of
+Why: XLA:CPU computes the gradient of ``lax.conv_transpose`` about ten times
+slower than PyTorch, and runs GEMMs far better than its convolution
+gradients. All implementations take the *same* parameters, in the layout of
 ``flax.linen.Conv`` / ``flax.linen.ConvTranspose`` (``(*kernel, C_in, C_out)``,
 ``transpose_kernel=False``), with ``"SAME"`` padding; the weight re-mapping
 happens inside the jitted function, so a checkpoint does not depend on the
@@ -415,7 +420,7 @@ class DownConv(nn.Module):
     features: int
     kernel_size: tuple[int, ...]
     strides: tuple[int, ...]
-    impl: str = "s2d_matmul"
+    impl: str = "auto"
     dtype: jnp.dtype | None = None
     param_dtype: jnp.dtype = jnp.float32
     kernel_init: Callable = nn.initializers.lecun_normal()
@@ -445,7 +450,7 @@ class UpConv(nn.Module):
     features: int
     kernel_size: tuple[int, ...]
     strides: tuple[int, ...]
-    impl: str = "subpixel_matmul"
+    impl: str = "auto"
     dtype: jnp.dtype | None = None
     param_dtype: jnp.dtype = jnp.float32
     kernel_init: Callable = nn.initializers.lecun_normal()
@@ -491,7 +496,7 @@ class ConvEncoder(nn.Module):
     strides: tuple[int, ...]
     out_features: int
     norm: str = "none"
-    impl: str = "s2d_matmul"
+    impl: str = "auto"
     dtype: jnp.dtype | None = None
 
     @nn.compact
@@ -534,7 +539,7 @@ class ConvDecoder(nn.Module):
     kernel_size: int
     strides: tuple[int, ...]
     norm: str = "none"
-    impl: str = "subpixel_matmul"
+    impl: str = "auto"
     dtype: jnp.dtype | None = None
 
     @nn.compact

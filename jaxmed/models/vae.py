@@ -86,8 +86,8 @@ class VAEConfig:
     output_activation: str = "sigmoid"
     norm: str = "none"
     dtype: Any = None
-    down_impl: str = "s2d_matmul"
-    up_impl: str = "subpixel_matmul"
+    down_impl: str = "auto"
+    up_impl: str = "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "image_shape", tuple(int(n) for n in self.image_shape))
