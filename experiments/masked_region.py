@@ -23,14 +23,31 @@ Command::
 
 writes ``results.json``, ``table.md`` and ``masked_region.png`` to ``--out``.
 
-Expected (defaults, seed 0, measured on 2 shared CPU cores; see table.md for
-a run's own numbers): with all modalities both models detect lesions well;
-with one modality blanked the plain model degrades sharply (it never saw a
-blank input) while the masked-region model loses much less, most visibly
-without DWI, the contrast in which lesions are brightest.
+Expected (defaults, seed 0; deterministic on CPU, measured 2 shared cores):
 
-Runtime: about 6-8 minutes on 2 CPU cores (the masked model's step costs
-three network passes, the plain one's one).
+==========  =========  ===========  =====  ============
+model       condition  pixel AUROC  Dice   sample AUROC
+==========  =========  ===========  =====  ============
+plain       all        1.000        0.986  1.000
+plain       -t2        1.000        0.745  0.929
+plain       -adc       0.998        0.280  0.989
+plain       -dwi       0.207        0.000  0.533
+masked      all        1.000        0.940  1.000
+masked      -t2        1.000        0.940  1.000
+masked      -adc       1.000        0.939  1.000
+masked      -dwi       1.000        0.907  1.000
+==========  =========  ===========  =====  ============
+
+The plain model collapses without DWI (the contrast where lesions are
+brightest) and loses Dice without T2 or ADC; the masked-region model loses at
+most 0.03 Dice, at the price of 0.05 Dice with all modalities present and
+~4x the training time per step (three network passes). Test set: 256
+phantoms, 52% with lesions, 0.5% lesion pixels. Pixel AUROC is near 1 for
+any model that does not collapse, since most pixels are easy background.
+
+Runtime: about 8 minutes on 2 CPU cores shared with other jobs (load ~8):
+training 85 s (plain) + 330 s (masked), the rest data, compilation and
+evaluation.
 """
 
 from __future__ import annotations

@@ -34,7 +34,9 @@ def auroc(scores: Array, labels: Array) -> Array:
     """
     scores = jnp.asarray(scores)
     pos = jnp.asarray(labels).astype(bool)
-    n_pos = pos.sum()
+    # Counts in floating point: n_pos * n_neg overflows int32 at a million pixels.
+    ranks_dtype = jnp.result_type(float)
+    n_pos = pos.sum().astype(ranks_dtype)
     n_neg = pos.size - n_pos
     # Average ranks give ties half credit, as the trapezoidal ROC area does.
     ranks = rankdata(scores, method="average")

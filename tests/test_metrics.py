@@ -78,3 +78,10 @@ def test_roc_curve_matches_sklearn():
     got_fpr, got_tpr = jax_roc_curve(scores, labels)
     np.testing.assert_allclose(got_fpr, fpr, atol=1e-6)
     np.testing.assert_allclose(got_tpr, tpr, atol=1e-6)
+
+
+def test_auroc_on_a_million_pixels_does_not_overflow():
+    rng = np.random.default_rng(5)
+    labels = rng.random(1_200_000) < 0.4
+    scores = (rng.normal(size=labels.size) + labels).astype(np.float32)
+    np.testing.assert_allclose(auroc(scores, labels), roc_auc_score(labels, scores), rtol=1e-3)

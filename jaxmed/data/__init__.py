@@ -12,6 +12,15 @@ from jaxmed.data.batching import batch_indices, iterate_batches, steps_per_epoch
 from jaxmed.data.brain_mri import BrainMRISplits, augment, load_brain_mri, split_slices, template_path
 from jaxmed.data.intensity import clip_percentiles, minmax, window, zscore
 from jaxmed.data.phantoms import PHANTOMS, MRIPhantomConfig, make_dataset, sample_mri
+from jaxmed.data.regions import (
+    block_regions,
+    checkerboard_regions,
+    one_modality_per_view,
+    organ_regions,
+    random_blanking,
+    random_partition_regions,
+    single_modality_drops,
+)
 from jaxmed.data.slicing import Slices, slice_volume
 from jaxmed.data.spatial import (
     center_crop_or_pad,
@@ -22,6 +31,13 @@ from jaxmed.data.spatial import (
 )
 
 __all__ = [
+    "block_regions",
+    "checkerboard_regions",
+    "one_modality_per_view",
+    "organ_regions",
+    "random_blanking",
+    "random_partition_regions",
+    "single_modality_drops",
     "ARTEFACTS",
     "DEFAULT_SEVERITY",
     "PHANTOMS",
