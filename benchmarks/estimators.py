@@ -55,13 +55,14 @@ def _parse(argv=None):
     p.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
     p.add_argument("--threads", type=int, default=2, help="PyTorch intra-op threads")
     p.add_argument("--baseline-images", type=int, default=2, help="images per baseline round")
-    p.add_argument("--mcmc-warmup", type=int, default=100)
-    p.add_argument("--mcmc-samples", type=int, default=200, help="N (and the fitting samples)")
+    p.add_argument("--mcmc-warmup", type=int, default=50)
+    p.add_argument("--mcmc-samples", type=int, default=40, help="N (and the fitting samples)")
     p.add_argument("--mcmc-chains", type=int, default=4)
     p.add_argument("--mcmc-batch", type=int, default=4)
     p.add_argument("--max-tree-depth", type=int, default=6)
-    p.add_argument("--ais-chains", type=int, default=16)
-    p.add_argument("--ais-steps", type=int, default=100)
+    p.add_argument("--ais-chains", type=int, default=8)
+    p.add_argument("--ais-steps", type=int, default=20)
+    p.add_argument("--slow-rounds", type=int, default=2, help="timing rounds for ais and mcmc")
     p.add_argument("--methods", default="match,mc,importance,ais,mcmc")
     p.add_argument(
         "--up-impl", default=None,
@@ -72,8 +73,8 @@ def _parse(argv=None):
     p.add_argument("--quick", action="store_true", help="K up to 100, 2 rounds, short MCMC")
     args = p.parse_args(argv)
     if args.quick:
-        args.ks, args.rounds, args.mcmc_warmup, args.mcmc_samples = "10,100", 2, 30, 40
-        args.ais_steps = 20
+        args.ks, args.rounds, args.slow_rounds = "10,100", 2, 1
+        args.mcmc_warmup, args.mcmc_samples, args.ais_steps = 20, 16, 5
     return args
 
 
@@ -239,7 +240,10 @@ def main(argv=None):
         if method in methods:
             runs += [(method, k, args.batch, {}) for k in ks]
     if "ais" in methods:
-        runs.append(("ais", args.ais_chains, args.batch, dict(num_steps=args.ais_steps)))
+        runs.append((
+            "ais", args.ais_chains, args.batch,
+            dict(num_steps=args.ais_steps, num_leapfrog_steps=5, num_pilot_chains=8),
+        ))
     if "mcmc" in methods:
         runs.append((
             "mcmc", args.mcmc_samples, args.mcmc_batch,
@@ -253,13 +257,14 @@ def main(argv=None):
         compile_s, estimate = _timed(lambda: estimator(jax.random.key(0), model, xs))
         ours, theirs, ratios = [], [], []
         baseline = None
-        for r in range(args.rounds):
+        rounds = args.slow_rounds if method in ("ais", "mcmc") else args.rounds
+        for r in range(rounds):
             t, estimate = _timed(lambda: estimator(jax.random.key(r + 1), model, xs))
             ours.append(batch / t)
             if method == "importance":
                 encoder, decoder, nchw, generator = torch_parts
                 tb, baseline = _timed(lambda: _torch_importance(encoder, decoder, nchw, k, generator))
-            elif method == "mcmc" and r < 2:  # each baseline image recompiles: 2 rounds
+            elif method == "mcmc":
                 n = args.baseline_images
                 tb, baseline = _timed(lambda: _numpyro_mcmc_per_image(
                     jax.random.key(100 + r), model, images[:n], num_warmup=args.mcmc_warmup,
@@ -274,7 +279,7 @@ def main(argv=None):
         fields = dict(
             method=method, num_samples=k, batch=batch, images_per_s=round(images_per_s, 3),
             samples_per_s=round(images_per_s * k, 1), device_kind=device_kind,
-            compile_s=round(compile_s, 1), rounds=args.rounds, up_impl=config.up_impl, **options,
+            compile_s=round(compile_s, 1), rounds=rounds, up_impl=config.up_impl, **options,
         )
         if ratios:
             base = statistics.median(theirs)

@@ -9,13 +9,18 @@ loss and optimiser eagerly with the same number of threads. The two are timed
 in alternating rounds, so that load from other processes hits both alike, and
 the ratio is the median of the per-round ratios.
 
-Command (the figures in benchmarks/RESULTS.md)::
+Command (the figures in benchmarks/RESULTS.md, "Train step, reference64, CPU")::
 
-    python benchmarks/train_step.py --preset reference64 --batch-size 64
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/train_step.py --preset reference64 --batch-size 64
 
 prints one JSON line per framework and one with the ratio, e.g.
-``{"benchmark": "train_step", "framework": "jax", "images_per_s": ...}``.
-About 1-2 minutes on 2 CPU cores (compilation included).
+``{"benchmark": "train_step", "framework": "jax", "images_per_s": ...}``;
+``--devices 2`` splits the batch over two CPU devices (data parallel).
+``OMP_WAIT_POLICY=PASSIVE`` stops PyTorch's OpenMP threads from spinning,
+which on a loaded machine makes PyTorch's figure several times better and
+stable; on an idle machine run both ways and keep PyTorch's better figure.
+About 2-4 minutes on 2 CPU cores (compilation included); the JAX step reached
+0.72x PyTorch's images/s on the loaded 2-core machine of RESULTS.md.
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ def plot_score_histograms(
     threshold: float | None = None,
     xlabel: str = "score",
     title: str = "",
+    xlim: tuple[float, float] | None = None,
 ) -> Path:
     """Overlaid histograms of scores per group, with the decision threshold.
 
@@ -62,15 +63,22 @@ def plot_score_histograms(
       threshold: drawn as a vertical line when given.
       xlabel: axis label (e.g. "log p(x) [nats]").
       title: figure title.
+      xlim: ``(low, high)`` range of the bins; scores outside it are drawn
+        in the first or last bin (for scores spanning orders of magnitude).
     """
     fig = Figure(figsize=(7, 4))
     ax = fig.add_subplot()
     finite = np.concatenate([np.asarray(v, float).ravel() for v in scores.values()])
     finite = finite[np.isfinite(finite)]
+    if xlim is not None:
+        finite = np.clip(finite, *xlim)
     bins = np.linspace(finite.min(), finite.max(), 40) if finite.size else 10
     for name, values in scores.items():
         values = np.asarray(values, float).ravel()
-        ax.hist(values[np.isfinite(values)], bins=bins, alpha=0.45, label=f"{name} (n={values.size})")
+        values = values[np.isfinite(values)]
+        if xlim is not None:
+            values = np.clip(values, *xlim)
+        ax.hist(values, bins=bins, alpha=0.45, label=f"{name} (n={values.size})")
     if threshold is not None:
         ax.axvline(threshold, color="k", linestyle="--", linewidth=1, label="threshold")
     ax.set(xlabel=xlabel, ylabel="count", title=title)

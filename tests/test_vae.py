@@ -100,27 +100,39 @@ def test_conv_transpose_matches_flax_and_torch(impl, n, k, s, rng):
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
 
 
-def test_fast_layers_match_reference_in_1d_and_3d_with_gradients(rng):
-    # 1D: every implementation; 3D (odd sizes, so tiles are padded): those
-    # with N-d index logic of their own.
-    cases = [((2, 7, 3), DOWN_IMPLS[1:], UP_IMPLS[1:]), ((1, 5, 6, 3, 3), ("s2d_winograd",), ("subpixel_winograd",))]
-    for shape, down_impls, up_impls in cases:
-        rank = len(shape) - 2
-        x = jnp.asarray(rng.normal(size=shape), jnp.float32)
-        w = jnp.asarray(rng.normal(size=(4,) * rank + (3, 2)), jnp.float32)
-        for fn, impls in [(strided_conv, down_impls), (conv_transpose, up_impls)]:
+def test_fast_layers_match_reference_with_gradients_1d_and_3d(rng):
+    # 1D: every implementation, value and gradients. 3D (odd sizes, so the
+    # Winograd tiles are padded): the N-d Winograd index logic, values only
+    # (its gradients are autodiff of the same linear maps as in 1D).
+    x1 = jnp.asarray(rng.normal(size=(2, 7, 3)), jnp.float32)
+    w1 = jnp.asarray(rng.normal(size=(4, 3, 2)), jnp.float32)
+    x3 = jnp.asarray(rng.normal(size=(1, 5, 6, 3, 3)), jnp.float32)
+    w3 = jnp.asarray(rng.normal(size=(4, 4, 4, 3, 2)), jnp.float32)
 
-            @jax.jit
-            def value_and_grads(x, w, fn=fn, impls=impls):
-                def loss(x, w, impl):
-                    return jnp.sum(jnp.sin(fn(x, w, strides=2, impl=impl)))
+    def loss(x, w, fn, impl):
+        return jnp.sum(jnp.sin(fn(x, w, strides=2, impl=impl)))
 
-                return [jax.value_and_grad(loss, (0, 1))(x, w, impl) for impl in ("xla", *impls)]
+    @jax.jit
+    def run(x1, w1, x3, w3):
+        grads = {
+            (fn.__name__, impl): jax.value_and_grad(loss, (0, 1))(x1, w1, fn, impl)
+            for fn, impls in [(strided_conv, DOWN_IMPLS), (conv_transpose, UP_IMPLS)]
+            for impl in impls
+        }
+        values = {
+            fn.__name__: [fn(x3, w3, strides=2, impl=impl) for impl in ("xla", winograd)]
+            for fn, winograd in [(strided_conv, "s2d_winograd"), (conv_transpose, "subpixel_winograd")]
+        }
+        return grads, values
 
-            ref, *others = value_and_grads(x, w)
-            for got in others:
-                for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
-                    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    grads, values = run(x1, w1, x3, w3)
+    for (name, impl), got in grads.items():
+        ref = grads[(name, "xla")]
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=f"{name} {impl}")
+    for name, (ref, got) in values.items():
+        assert got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
 # ----------------------------------------------------------------------------- VAE

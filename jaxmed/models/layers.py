@@ -254,23 +254,30 @@ _STRIDE1_METHOD = {
 
 
 def _auto_down(c_in: int, strides: Sequence[int]) -> str:
-    """The fastest down-sampling implementation measured on XLA:CPU (benchmarks/RESULTS.md).
+    """The down-sampling implementation measured fastest on XLA:CPU (benchmarks/RESULTS.md).
 
-    Winograd on the space-to-depth form, except for few input channels (the
-    first layer of an image network), where its GEMMs are too thin and XLA's
-    own strided convolution is cheaper.
+    Winograd on the space-to-depth form for wide 1D/2D layers. XLA's own
+    strided convolution where the GEMMs would be thin (few input channels,
+    e.g. the first layer of an image network) and in 3D (not measured; 27
+    GEMMs per Winograd layer): there it is as fast and compiles much faster.
     """
-    return "xla" if c_in * math.prod(strides) < 16 else "s2d_winograd"
+    if len(strides) > 2 or c_in * math.prod(strides) < 64:
+        return "xla"
+    return "s2d_winograd"
 
 
-def _auto_up(c_out: int, strides: Sequence[int]) -> str:
-    """The fastest up-sampling implementation measured on XLA:CPU (benchmarks/RESULTS.md).
+def _auto_up(c_in: int, c_out: int, strides: Sequence[int]) -> str:
+    """The up-sampling implementation measured fastest on XLA:CPU (benchmarks/RESULTS.md).
 
-    Sub-pixel im2col + GEMM, except for few output channels (the last layer),
-    where one wide GEMM would have only ``prod(strides) * c_out`` columns and
-    Winograd's smaller GEMMs and transforms are cheaper.
+    Sub-pixel im2col + one GEMM; for few output channels (the last layer of
+    an image network), where that GEMM would have only ``prod(strides) *
+    c_out`` columns, Winograd if the layer is wide enough to be worth its
+    compile time. Never ``"xla"``: XLA:CPU's transposed-convolution gradient
+    is ten times slower than these.
     """
-    return "subpixel_winograd" if c_out * math.prod(strides) < 16 else "subpixel_matmul"
+    if len(strides) <= 2 and c_out * math.prod(strides) < 16 and c_in >= 16:
+        return "subpixel_winograd"
+    return "subpixel_matmul"
 
 
 def _same_padding(n: int, k: int, s: int) -> tuple[int, int]:
@@ -359,7 +366,7 @@ def conv_transpose(
     strides = _as_tuple(strides, rank)
     k = kernel.shape[:rank]
     if impl == "auto":
-        impl = _auto_up(kernel.shape[-1], strides)
+        impl = _auto_up(kernel.shape[-2], kernel.shape[-1], strides)
     if impl == "xla":
         return lax.conv_transpose(
             x, kernel, strides, "SAME", dimension_numbers=_dimension_numbers(rank)
