@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -67,9 +68,7 @@ def _torch_vae(cfg):
     for ch, s, pd in zip(chans, cfg.strides, pads):
         enc += [nn.Conv2d(cin, ch, k, s, pd), nn.ReLU()]
         cin = ch
-    factor = 1
-    for s in cfg.strides:
-        factor *= s
+    factor = math.prod(cfg.strides)
     gh, gw = h // factor, w // factor
     enc += [nn.Flatten(), nn.Linear(chans[-1] * gh * gw, 2 * cfg.latent_dim)]
     dec = [nn.Linear(cfg.latent_dim, chans[-1] * gh * gw), nn.ReLU(), nn.Unflatten(1, (chans[-1], gh, gw))]

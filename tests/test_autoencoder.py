@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_vae import random_params
+from _helpers import numpy_params
 
 from jaxmed.losses import autoencoder_loss_fn, vae_loss_fn
 from jaxmed.models import AUTOENCODER_PRESETS, VAE, Autoencoder, AutoencoderConfig, VAEConfig
@@ -18,7 +18,7 @@ def test_shapes_and_loss_match_numpy(key, rng):
     cfg = AUTOENCODER_PRESETS["tiny"]
     model = Autoencoder(cfg)
     images = jnp.asarray(rng.uniform(size=(2, 3, *cfg.image_shape)), jnp.float32)
-    params = random_params(model, rng, images)
+    params = numpy_params(model, rng, images)
 
     @jax.jit
     def run(params):
@@ -47,7 +47,7 @@ def test_compresses_and_a_flat_vae_trains_on_its_features(key, rng):
     for i, (a, b) in enumerate([(0, 0), (0, 4), (4, 0), (4, 4)]):
         patterns[i, a : a + 4, b : b + 4] = 1.0
     images = jnp.asarray(patterns[rng.integers(0, 4, size=16)])
-    params = random_params(model, rng, images)
+    params = numpy_params(model, rng, images)
     tx = optax.adam(3e-2)
 
     def fit(loss_fn, params, data, key, steps):
@@ -72,7 +72,7 @@ def test_compresses_and_a_flat_vae_trains_on_its_features(key, rng):
     # A VAE over the 2 features, as a flat input.
     vae = VAE(VAEConfig(image_shape=(2,), latent_dim=1, channels=(8,), likelihood="gaussian_learned_global",
                         output_activation="none"))
-    vparams = random_params(vae, rng, features, key)
+    vparams = numpy_params(vae, rng, features, key)
     _, vlosses = jax.jit(lambda p, k: fit(vae_loss_fn(vae), p, features, k, 100))(vparams, key)
     assert np.all(np.isfinite(vlosses))
     assert float(np.mean(vlosses[-10:])) < float(np.mean(vlosses[:10]))

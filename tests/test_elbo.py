@@ -8,11 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _helpers import numpy_params
 
 from jaxmed.losses import negative_elbo, vae_loss_fn
 from jaxmed.models import PRESETS, VAE, VAEConfig
 from jaxmed.models.observation import kl_to_standard_normal
-from test_vae import random_params
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -24,7 +24,7 @@ def test_negative_elbo_matches_hand_computation(key, rng):
     cfg = VAEConfig(image_shape=(8, 8, 1), latent_dim=3, channels=(4, 8), likelihood=likelihood)
     model = VAE(cfg)
     x = jnp.asarray(rng.uniform(size=cfg.image_shape), jnp.float32)
-    params = random_params(model, rng, x, key)
+    params = numpy_params(model, rng, x, key)
     params["params"]["log_scale"] = jnp.asarray(-0.4, jnp.float32)
     beta = 0.5
 
@@ -40,7 +40,7 @@ def test_negative_elbo_matches_hand_computation(key, rng):
 
     (loss, aux), grads, parts = run(params)
     mu, ls, eps, x_mean = (np.asarray(a, np.float64) for a in parts)
-    np.testing.assert_allclose(eps.std(), 1.0, atol=1.0)  # a draw, not a constant
+    assert np.abs(eps).max() > 0.1  # a real draw: z is not the mean, so the sample is checked too
     log_sigma = -0.4
     r2 = ((np.asarray(x, np.float64) - x_mean) ** 2).sum()
     n = x.size
@@ -68,7 +68,7 @@ def test_kl_closed_form_matches_monte_carlo(rng):
 def test_batch_loss_is_mean_of_per_example_losses(key, rng):
     model = VAE(PRESETS["tiny"])
     images = jnp.asarray(rng.uniform(size=(3, 8, 8, 1)), jnp.float32)
-    params = random_params(model, rng, images, key)
+    params = numpy_params(model, rng, images, key)
     loss, metrics = jax.jit(vae_loss_fn(model, beta=2.0))(params, {"image": images}, key)
     one = jax.jit(lambda x, k: negative_elbo(params, x, k, model=model, beta=2.0))
     keys = jax.random.split(key, 3)
@@ -88,7 +88,7 @@ def test_training_lowers_the_loss_and_bf16_matches_f32(key, rng):
     halves[0, :, :4] = 1.0
     halves[1, :, 4:] = 1.0
     images = jnp.asarray(halves[rng.integers(0, 2, size=16)])
-    params = random_params(model, rng, images, key)
+    params = numpy_params(model, rng, images, key)
     loss_fn = vae_loss_fn(model)
     tx = optax.adam(3e-2)
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import numpy_params
 
 from jaxmed.data.regions import (
     block_regions,
@@ -194,11 +195,7 @@ def test_unet_loss_ignores_inputs_beyond_its_receptive_field(key):
     model = UNet(features=2, depth=0, norm_groups=None)
     x = jax.random.normal(key, (16, 16, 2))
     target = jnp.zeros((16, 16))
-    # Numpy-drawn parameters in init's layout: compiling init's Threefry
-    # draws costs seconds per new shape on the shared CI machine.
-    shapes = jax.eval_shape(model.init, key, x[None])
-    rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape) * 0.3, jnp.float32), shapes)
+    params = numpy_params(model, np.random.default_rng(0), x[None])
     regions = block_regions((16, 16), grid=(2, 1))
 
     def loss0(x):

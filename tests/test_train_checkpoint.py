@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import numpy_params
 
 from jaxmed.data.batching import batch_indices
 from jaxmed.train import (
@@ -146,10 +147,7 @@ def test_load_model_rebuilds_the_vae_from_config_json(tmp_path):
 
     config = PRESETS["tiny"]
     model = VAE(config)
-    # Parameters of the right structure, without compiling the initialiser.
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *config.image_shape)), jax.random.key(1))
-    rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape), s.dtype), shapes)
+    params = numpy_params(model, np.random.default_rng(0), jnp.zeros((1, *config.image_shape)), jax.random.key(1))
     tx = make_optimizer(OptimConfig(), total_steps=1)
     state = TrainState.create(params=params, tx=tx, key=jax.random.key(2))
     save_config(tmp_path, {"model": {"name": "vae", "preset": "tiny", "config": model_config_to_dict(config)}})

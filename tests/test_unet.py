@@ -12,30 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import numpy_params
 
 from jaxmed.models import UNet
 from jaxmed.models.unet import _max_pool2, _upsample2
-
-
-def _numpy_init(model, shape, rng):
-    """Parameters drawn with numpy in the layout ``model.init`` gives.
-
-    Lecun-normal kernels, unit GroupNorm scales, zero biases. Used instead
-    of ``model.init`` because compiling its Threefry draws took ~20 s per new
-    shape on the shared 2-core CI machine.
-    """
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct(shape, jnp.float32))
-
-    def draw(path, leaf):
-        name = jax.tree_util.keystr(path[-1:])
-        if "kernel" in name:
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in), jnp.float32)
-        if "scale" in name:
-            return jnp.ones(leaf.shape, jnp.float32)
-        return jnp.zeros(leaf.shape, jnp.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def _count(tree):
@@ -87,7 +67,7 @@ def test_pool_and_upsample_match_numpy(rng):
 def test_depth_zero_without_norm_is_two_convs_and_a_projection(rng):
     model = UNet(features=3, depth=0, norm_groups=None)
     x = jnp.asarray(rng.normal(size=(1, 8, 8, 2)), jnp.float32)
-    params = _numpy_init(model, x.shape, rng)["params"]
+    params = numpy_params(model, rng, x)["params"]
 
     def conv(h, p):
         dn = ("NHWC", "HWIO", "NHWC")
@@ -106,7 +86,7 @@ def test_examples_are_independent_and_the_net_learns(rng):
     # when example 1 changes (the masked-region loss applies it per view).
     model = UNet(features=4, depth=1, norm_groups=2)
     x = jnp.asarray(rng.normal(size=(2, 8, 8, 2)), jnp.float32)
-    params = _numpy_init(model, x.shape, rng)
+    params = numpy_params(model, rng, x)
     apply = jax.jit(model.apply)
     x2 = x.at[1].set(jnp.asarray(rng.normal(size=(8, 8, 2)) * 5, jnp.float32))
     np.testing.assert_allclose(apply(params, x)[0], apply(params, x2)[0], rtol=1e-5, atol=1e-6)

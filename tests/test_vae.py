@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import numpy_params
 
 from jaxmed.models import LIKELIHOODS, PRESETS, VAE, VAEConfig, vae_latent_model
 from jaxmed.models.layers import (
@@ -21,21 +22,6 @@ from jaxmed.models.layers import (
 )
 
 LOG_2PI = math.log(2 * math.pi)
-
-
-def random_params(model, rng, *example_args):
-    """Parameters of ``model`` drawn with numpy (LeCun-normal scale, biases small).
-
-    Compiling ``model.init`` costs seconds of XLA time on CPU; the tests check
-    functions of the parameters, not the initialiser, so numpy draws them.
-    """
-    shapes = jax.eval_shape(model.init, jax.random.key(0), *example_args)
-
-    def draw(s):
-        fan_in = math.prod(s.shape[:-1]) if len(s.shape) > 1 else 100
-        return jnp.asarray(rng.normal(size=s.shape) / math.sqrt(fan_in), s.dtype)
-
-    return jax.tree.map(draw, shapes)
 
 
 def _torch(a):
@@ -150,7 +136,7 @@ def test_reference64_size_and_implementations_agree(key, rng):
     cfg = PRESETS["reference64"]
     model = VAE(cfg)
     x = jnp.asarray(rng.uniform(size=(2, 64, 64, 1)), jnp.float32)
-    params = random_params(model, rng, x, key)
+    params = numpy_params(model, rng, x, key)
     n = sum(a.size for a in jax.tree.leaves(params))
     assert n == _reference64_param_count() == 1_775_361
     textbook = VAE(VAEConfig(image_shape=(64, 64, 1), down_impl="xla", up_impl="xla"))
@@ -180,7 +166,7 @@ def test_shapes_one_image_and_batches_agree(name, key, rng):
     cfg = SMALL_CONFIGS[name]
     model = VAE(cfg)
     xs = jnp.asarray(rng.uniform(size=(2, 3, *cfg.image_shape)), jnp.float32)
-    params = random_params(model, rng, xs[0], key)
+    params = numpy_params(model, rng, xs[0], key)
 
     @jax.jit
     def run(params, xs):
@@ -214,7 +200,7 @@ def test_log_likelihood_matches_formula(likelihood, key, rng):
     if likelihood == "bernoulli":
         x = (x > 0.5).astype(np.float64)
     x = jnp.asarray(x, jnp.float32)
-    params = random_params(model, rng, x, key)
+    params = numpy_params(model, rng, x, key)
     if likelihood.startswith("gaussian_learned"):
         # A non-trivial learned scale, so that the test sees it.
         shape = params["params"]["log_scale"].shape
@@ -225,6 +211,11 @@ def test_log_likelihood_matches_formula(likelihood, key, rng):
     )(params, x, z)
     dec = jax.tree.map(lambda a: np.asarray(a, np.float64), dec)
     xn = np.asarray(x, np.float64)
+    if likelihood.startswith("gaussian_learned"):
+        # min_scale = 0: the parameter is log sigma itself.
+        np.testing.assert_array_equal(
+            dec["log_scale"], np.broadcast_to(params["params"]["log_scale"], dec["mean"].shape)
+        )
     if likelihood == "bernoulli":
         p = 1 / (1 + np.exp(-dec["logits"]))
         np.testing.assert_allclose(dec["mean"], p, rtol=1e-5)
@@ -239,11 +230,45 @@ def test_log_likelihood_matches_formula(likelihood, key, rng):
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
+def test_min_scale_is_a_smooth_floor_of_the_learned_scale(key, rng):
+    import scipy.stats
+
+    floor = 0.01
+    cfg = VAEConfig(image_shape=(8, 8, 1), latent_dim=2, channels=(4, 8), likelihood="gaussian_learned_pixel",
+                    min_scale=floor)
+    model = VAE(cfg)
+    x = jnp.asarray(rng.uniform(size=cfg.image_shape), jnp.float32)
+    z = jnp.asarray(rng.normal(size=(cfg.latent_dim,)), jnp.float32)
+    params = numpy_params(model, rng, x, key)
+    # Far below the floor (the unfloored sigma would be 4e-18), at it, and above it.
+    raw = rng.choice([-40.0, math.log(floor), 0.5], size=cfg.image_shape)
+    params["params"]["log_scale"] = jnp.asarray(raw, jnp.float32)
+
+    @jax.jit
+    def run(params):
+        decoded = model.apply(params, z, method=VAE.decode)
+        log_lik, grads = jax.value_and_grad(lambda p: model.apply(p, x, z, method=VAE.log_likelihood))(params)
+        return decoded, log_lik, grads["params"]["log_scale"], model.apply(params, method=VAE.noise_log_scale)
+
+    decoded, log_lik, grad, noise_log_scale = run(params)
+    sigma = floor + np.exp(raw)
+    np.testing.assert_allclose(np.exp(np.asarray(decoded["log_scale"], np.float64)), sigma, rtol=1e-5)
+    np.testing.assert_allclose(noise_log_scale, decoded["log_scale"], rtol=1e-6)
+    mean = np.asarray(decoded["mean"], np.float64)
+    xn = np.asarray(x, np.float64)
+    np.testing.assert_allclose(log_lik, scipy.stats.norm(mean, sigma).logpdf(xn).sum(), rtol=1e-5)
+    # d log N / d raw = (r^2 / sigma^2 - 1) / sigma * d sigma / d raw, d sigma / d raw = exp(raw):
+    # finite everywhere, vanishing smoothly far below the floor.
+    expected = ((xn - mean) ** 2 / sigma**2 - 1) / sigma * np.exp(raw)
+    np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-12)
+    assert np.all(np.abs(np.asarray(grad))[raw == 0.5] > 0)
+
+
 def test_latent_model_under_jit_and_vmap(key, rng):
     cfg = PRESETS["tiny"]
     model = VAE(cfg)
     xs = jnp.asarray(rng.uniform(size=(3, *cfg.image_shape)), jnp.float32)
-    params = random_params(model, rng, xs, key)
+    params = numpy_params(model, rng, xs, key)
     lvm = vae_latent_model(model, params)
     z = jnp.asarray(rng.normal(size=(3, cfg.latent_dim)), jnp.float32)
 
@@ -286,4 +311,6 @@ def test_bad_shapes_and_configs_raise(key):
         VAEConfig(image_shape=(8, 8, 1), channels=(4, 8), strides=(2,))
     with pytest.raises(ValueError, match="unknown down_impl"):
         VAEConfig(image_shape=(8, 8, 1), channels=(4, 8), down_impl="fft")
+    with pytest.raises(ValueError, match="min_scale"):
+        VAEConfig(image_shape=(8, 8, 1), channels=(4, 8), likelihood="gaussian_learned_pixel", min_scale=-0.1)
     assert VAEConfig(image_shape=[8, 8, 1], channels=[4, 8]).strides == (2, 2)

@@ -12,86 +12,38 @@ Every method accepts ONE image or any number of leading batch axes.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 
-from jaxmed.models.layers import (
-    DOWN_IMPLS,
-    NORMS,
-    UP_IMPLS,
-    ConvDecoder,
-    ConvEncoder,
-    at_least_f32,
-    flatten_batch,
-)
-from jaxmed.models.vae import OUTPUT_ACTIVATIONS
+from jaxmed.models.layers import OUTPUT_ACTIVATIONS, TrunkConfig, at_least_f32, flatten_batch
 
 Array = jax.Array
 
 
 @dataclass(frozen=True, kw_only=True)
-class AutoencoderConfig:
+class AutoencoderConfig(TrunkConfig):
     """Architecture of an :class:`Autoencoder`.
 
+    The encoder and decoder trunks are set by the fields of
+    :class:`~jaxmed.models.layers.TrunkConfig` (``image_shape`` with 1-3
+    spatial axes, ``channels``, ``kernel_size``, ``strides``,
+    ``output_activation``, ``norm``, ``dtype``, ``down_impl``, ``up_impl``).
+
     Attributes:
-      image_shape: ``(*spatial, channels)`` of one image, channels last.
       feature_dim: size of the compressed representation.
-      channels: encoder channels per down-sampling layer; the decoder mirrors them.
-      kernel_size: convolution kernel extent.
-      strides: down-sampling factor of each layer (an int applies to all).
-      output_activation: ``"sigmoid"`` (images in [0, 1]) or ``"none"``.
-      norm: ``"none"``, ``"layer"`` or ``"group"``.
-      dtype: compute dtype; parameters stay float32.
-      down_impl: strided-convolution implementation (same function, see layers).
-      up_impl: transposed-convolution implementation (same function).
     """
 
-    image_shape: tuple[int, ...]
+    min_spatial_rank: ClassVar[int] = 1
+
     feature_dim: int = 64
-    channels: tuple[int, ...] = (32, 64, 128, 256)
-    kernel_size: int = 4
-    strides: int | tuple[int, ...] = 2
-    output_activation: str = "sigmoid"
-    norm: str = "none"
-    dtype: Any = None
-    down_impl: str = "auto"
-    up_impl: str = "auto"
 
     def __post_init__(self):
-        object.__setattr__(self, "image_shape", tuple(int(n) for n in self.image_shape))
-        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
-        strides = self.strides
-        strides = (strides,) * len(self.channels) if isinstance(strides, int) else tuple(strides)
-        object.__setattr__(self, "strides", strides)
-        if not 2 <= len(self.image_shape) <= 4 or min(self.image_shape) < 1:
-            raise ValueError(
-                f"image_shape must be (*spatial, channels) with 1-3 spatial axes, got {self.image_shape}"
-            )
+        super().__post_init__()
         if self.feature_dim < 1:
             raise ValueError(f"feature_dim must be >= 1, got {self.feature_dim}")
-        if not self.channels or min(self.channels) < 1:
-            raise ValueError(f"channels must be positive, got {self.channels}")
-        if len(strides) != len(self.channels) or min(strides) < 1:
-            raise ValueError(f"need one positive stride per layer ({len(self.channels)}), got {strides}")
-        factor = math.prod(strides)
-        if any(n % factor for n in self.image_shape[:-1]):
-            raise ValueError(
-                f"spatial shape {self.image_shape[:-1]} not divisible by prod(strides) = {factor}"
-            )
-        if self.output_activation not in OUTPUT_ACTIVATIONS:
-            raise ValueError(
-                f"unknown output_activation {self.output_activation!r}; expected one of {OUTPUT_ACTIVATIONS}"
-            )
-        if self.norm not in NORMS:
-            raise ValueError(f"unknown norm {self.norm!r}; expected one of {NORMS}")
-        if self.down_impl not in DOWN_IMPLS:
-            raise ValueError(f"unknown down_impl {self.down_impl!r}; expected one of {DOWN_IMPLS}")
-        if self.up_impl not in UP_IMPLS:
-            raise ValueError(f"unknown up_impl {self.up_impl!r}; expected one of {UP_IMPLS}")
 
 
 AUTOENCODER_PRESETS: dict[str, AutoencoderConfig] = {
@@ -112,14 +64,8 @@ class Autoencoder(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.encoder = ConvEncoder(
-            channels=cfg.channels, kernel_size=cfg.kernel_size, strides=cfg.strides,
-            out_features=cfg.feature_dim, norm=cfg.norm, impl=cfg.down_impl, dtype=cfg.dtype,
-        )
-        self.decoder = ConvDecoder(
-            out_shape=cfg.image_shape, channels=cfg.channels, kernel_size=cfg.kernel_size,
-            strides=cfg.strides, norm=cfg.norm, impl=cfg.up_impl, dtype=cfg.dtype,
-        )
+        self.encoder = cfg.make_encoder(cfg.feature_dim)
+        self.decoder = cfg.make_decoder()
 
     def encode(self, x: Array) -> Array:
         """``(*batch, *image_shape)`` -> features ``(*batch, feature_dim)``, at least float32."""
@@ -130,8 +76,7 @@ class Autoencoder(nn.Module):
         """Features ``(*batch, feature_dim)`` -> reconstruction ``(*batch, *image_shape)``."""
         cfg = self.config
         batch, f = flatten_batch(features, (cfg.feature_dim,), "features")
-        h = at_least_f32(self.decoder(f))
-        h = jax.nn.sigmoid(h) if cfg.output_activation == "sigmoid" else h
+        h = OUTPUT_ACTIVATIONS[cfg.output_activation](at_least_f32(self.decoder(f)))
         return h.reshape(*batch, *cfg.image_shape)
 
     def __call__(self, x: Array) -> Array:

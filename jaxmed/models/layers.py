@@ -35,6 +35,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -47,6 +49,8 @@ Array = jax.Array
 DOWN_IMPLS = ("xla", "s2d", "s2d_matmul", "s2d_winograd", "auto")
 UP_IMPLS = ("xla", "subpixel", "subpixel_matmul", "subpixel_winograd", "auto")
 NORMS = ("none", "layer", "group")
+# What the decoder's raw output goes through to give an image (e.g. a Gaussian mean).
+OUTPUT_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {"sigmoid": jax.nn.sigmoid, "none": lambda h: h}
 
 
 def flatten_batch(x: Array, event_shape: tuple[int, ...], what: str) -> tuple[tuple[int, ...], Array]:
@@ -65,7 +69,8 @@ def flatten_batch(x: Array, event_shape: tuple[int, ...], what: str) -> tuple[tu
 
 
 def at_least_f32(x: Array) -> Array:
-    """Casts bf16/f16 up to float32; float32 and float64 pass unchanged."""
+    """Casts bf16/f16 (and integers) up to float32; float32 and float64 pass unchanged."""
+    x = jnp.asarray(x)
     return x.astype(jnp.result_type(jnp.float32, x))
 
 
@@ -413,14 +418,16 @@ def conv_transpose(
     return y
 
 
-class DownConv(nn.Module):
-    """Strided ``"SAME"`` convolution + bias, parameters as ``flax.linen.Conv``.
+class _ConvWithBias(nn.Module):
+    """A ``"SAME"`` convolution op + bias, parameters as ``flax.linen.Conv``.
+
+    Subclasses choose the op (``_op``): :class:`DownConv` and :class:`UpConv`.
 
     Attributes:
       features: output channels.
       kernel_size: kernel extent per spatial axis.
-      strides: stride per spatial axis.
-      impl: one of :data:`DOWN_IMPLS` (same function, different speed).
+      strides: stride (down) or up-sampling factor (up) per spatial axis.
+      impl: an implementation of the op (same function, different speed).
       dtype: compute dtype; parameters stay ``param_dtype``.
     """
 
@@ -432,6 +439,9 @@ class DownConv(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
     kernel_init: Callable = nn.initializers.lecun_normal()
 
+    # (x, kernel, *, strides, impl) -> y; a class attribute, not a field.
+    _op: ClassVar[Callable[..., Array]]
+
     @nn.compact
     def __call__(self, x: Array) -> Array:
         kernel = self.param(
@@ -439,38 +449,23 @@ class DownConv(nn.Module):
         )
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = strided_conv(x, kernel, strides=self.strides, impl=self.impl)
+        y = self._op(x, kernel, strides=self.strides, impl=self.impl)
         return y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
 
 
-class UpConv(nn.Module):
-    """Transposed ``"SAME"`` convolution + bias, parameters as ``flax.linen.ConvTranspose``.
+class DownConv(_ConvWithBias):
+    """Strided ``"SAME"`` convolution + bias (:func:`strided_conv`; ``impl`` in :data:`DOWN_IMPLS`)."""
 
-    Attributes:
-      features: output channels.
-      kernel_size: kernel extent per spatial axis.
-      strides: up-sampling factor per spatial axis.
-      impl: one of :data:`UP_IMPLS` (same function, different speed).
-      dtype: compute dtype; parameters stay ``param_dtype``.
+    _op = staticmethod(strided_conv)
+
+
+class UpConv(_ConvWithBias):
+    """Transposed ``"SAME"`` convolution + bias (:func:`conv_transpose`; ``impl`` in :data:`UP_IMPLS`).
+
+    Parameters as ``flax.linen.ConvTranspose`` with ``transpose_kernel=False``.
     """
 
-    features: int
-    kernel_size: tuple[int, ...]
-    strides: tuple[int, ...]
-    impl: str = "auto"
-    dtype: jnp.dtype | None = None
-    param_dtype: jnp.dtype = jnp.float32
-    kernel_init: Callable = nn.initializers.lecun_normal()
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        kernel = self.param(
-            "kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features), self.param_dtype
-        )
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = conv_transpose(x, kernel, strides=self.strides, impl=self.impl)
-        return y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
+    _op = staticmethod(conv_transpose)
 
 
 def _norm(kind: str, dtype) -> Callable[[Array], Array]:
@@ -572,3 +567,99 @@ class ConvDecoder(nn.Module):
             if i < len(out_channels) - 1:
                 x = nn.relu(_norm(self.norm, self.dtype)(x))
         return x
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrunkConfig:
+    """The encoder and decoder trunks shared by the VAE and the autoencoder.
+
+    :class:`jaxmed.models.VAEConfig` and :class:`jaxmed.models.AutoencoderConfig`
+    extend it with their bottleneck; :meth:`make_encoder` and
+    :meth:`make_decoder` build the matching :class:`ConvEncoder` and
+    :class:`ConvDecoder`.
+
+    Attributes:
+      image_shape: ``(*spatial, channels)`` of one image, channels last, e.g.
+        ``(64, 64, 1)`` or ``(32, 32, 32, 1)``; ``(D,)`` for flat features
+        where the model takes them (the trunks become MLPs with ``channels``
+        as hidden widths).
+      channels: encoder channels per down-sampling layer (MLP widths for flat
+        input); the decoder mirrors them.
+      kernel_size: convolution kernel extent along every spatial axis.
+      strides: down-sampling factor of each layer (an int applies to all);
+        each spatial size must be divisible by their product.
+      output_activation: a key of :data:`OUTPUT_ACTIVATIONS`, applied to the
+        decoder output: ``"sigmoid"`` for images in [0, 1], or ``"none"``.
+      norm: one of :data:`NORMS` (``"group"``: groups of 8 channels), after
+        each hidden layer.
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32
+        and the models' outputs are at least float32. ``None``: float32.
+      down_impl: implementation of the strided convolutions, a key of
+        :data:`DOWN_IMPLS`. All compute the same function with the same
+        parameters; they differ only in speed.
+      up_impl: implementation of the transposed convolutions (:data:`UP_IMPLS`),
+        as ``down_impl``.
+    """
+
+    # Fewest spatial axes the model takes (0: flat feature vectors too).
+    min_spatial_rank: ClassVar[int] = 0
+
+    image_shape: tuple[int, ...]
+    channels: tuple[int, ...] = (32, 64, 128, 256)
+    kernel_size: int = 4
+    strides: int | tuple[int, ...] = 2
+    output_activation: str = "sigmoid"
+    norm: str = "none"
+    dtype: Any = None
+    down_impl: str = "auto"
+    up_impl: str = "auto"
+
+    def __post_init__(self):
+        object.__setattr__(self, "image_shape", tuple(int(n) for n in self.image_shape))
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        strides = self.strides
+        strides = (strides,) * len(self.channels) if isinstance(strides, int) else tuple(strides)
+        object.__setattr__(self, "strides", strides)
+        lo = self.min_spatial_rank
+        if not lo + 1 <= len(self.image_shape) <= 4 or min(self.image_shape) < 1:
+            raise ValueError(
+                f"image_shape must be (*spatial, channels) with {lo}-3 spatial axes, got {self.image_shape}"
+            )
+        if not self.channels or min(self.channels) < 1:
+            raise ValueError(f"channels must be positive, got {self.channels}")
+        if len(strides) != len(self.channels) or min(strides) < 1:
+            raise ValueError(f"need one positive stride per layer ({len(self.channels)}), got {strides}")
+        factor = math.prod(strides)
+        if len(self.image_shape) > 1 and any(n % factor for n in self.image_shape[:-1]):
+            raise ValueError(
+                f"spatial shape {self.image_shape[:-1]} not divisible by prod(strides) = {factor}"
+            )
+        if self.kernel_size < 1:
+            raise ValueError(f"kernel_size must be >= 1, got {self.kernel_size}")
+        for name, value, known in (
+            ("output_activation", self.output_activation, tuple(OUTPUT_ACTIVATIONS)),
+            ("norm", self.norm, NORMS),
+            ("down_impl", self.down_impl, DOWN_IMPLS),
+            ("up_impl", self.up_impl, UP_IMPLS),
+        ):
+            if value not in known:
+                raise ValueError(f"unknown {name} {value!r}; expected one of {known}")
+
+    @property
+    def spatial_rank(self) -> int:
+        """Number of spatial axes (0 for flat features)."""
+        return len(self.image_shape) - 1
+
+    def make_encoder(self, out_features: int) -> ConvEncoder:
+        """The encoder trunk: ``(B, *image_shape)`` -> ``(B, out_features)``."""
+        return ConvEncoder(
+            channels=self.channels, kernel_size=self.kernel_size, strides=self.strides,
+            out_features=out_features, norm=self.norm, impl=self.down_impl, dtype=self.dtype,
+        )
+
+    def make_decoder(self) -> ConvDecoder:
+        """The decoder trunk: ``(B, L)`` -> ``(B, *image_shape)``, before the output activation."""
+        return ConvDecoder(
+            out_shape=self.image_shape, channels=self.channels, kernel_size=self.kernel_size,
+            strides=self.strides, norm=self.norm, impl=self.up_impl, dtype=self.dtype,
+        )

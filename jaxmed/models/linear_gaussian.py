@@ -19,11 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from jaxmed.likelihood import standard_normal_log_prob
+
 _LOG_2PI = math.log(2 * math.pi)
-
-
-def _standard_normal_log_prob(eps: Array) -> Array:
-    return -0.5 * (jnp.sum(jnp.square(eps), axis=-1) + eps.shape[-1] * _LOG_2PI)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -132,12 +130,12 @@ class LinearGaussian:
     # -- LatentVariableModel --------------------------------------------------
     def log_prior(self, z: Array) -> Array:
         """log N(z; 0, I_d) for ``z`` of shape ``(d,)``, in nats."""
-        return _standard_normal_log_prob(z)
+        return standard_normal_log_prob(z)
 
     def log_likelihood(self, x: Array, z: Array) -> Array:
         """log N(x; W z + b, sigma^2 I_D) for ``x`` ``(D,)`` and ``z`` ``(d,)``."""
         residual = (x - self.weight @ z - self.bias) / self.noise_std
-        return _standard_normal_log_prob(residual) - self.data_dim * jnp.log(self.noise_std)
+        return standard_normal_log_prob(residual) - self.data_dim * jnp.log(self.noise_std)
 
     def proposal(self, x: Array) -> tuple[Array, Array]:
         """Diagonal of the exact posterior, shifted and scaled: ``(mean, std)``, each ``(d,)``."""

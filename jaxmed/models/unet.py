@@ -38,7 +38,7 @@ def _upsample2(x: Array) -> Array:
     """2x nearest-neighbour upsampling over every spatial axis of ``[N, *S, C]``.
 
     Used with a 3x3 conv instead of ``nn.ConvTranspose``, whose gradient is
-    an order of magnitude slower on XLA:CPU (see NOTES.md).
+    an order of magnitude slower on XLA:CPU (benchmarks/RESULTS.md).
     """
     for axis in range(1, x.ndim - 1):
         x = jnp.repeat(x, 2, axis=axis)

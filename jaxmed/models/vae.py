@@ -31,104 +31,54 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmed.models.layers import (
-    DOWN_IMPLS,
-    NORMS,
-    UP_IMPLS,
-    ConvDecoder,
-    ConvEncoder,
-    at_least_f32,
-    flatten_batch,
-)
+from jaxmed.models.layers import OUTPUT_ACTIVATIONS, TrunkConfig, at_least_f32, flatten_batch
 from jaxmed.models.observation import LIKELIHOODS
 
 Array = jax.Array
 
-OUTPUT_ACTIVATIONS = ("sigmoid", "none")
+# Likelihoods with a learned noise scale (the parameter "log_scale").
+LEARNED_SCALE_LIKELIHOODS = ("gaussian_learned_pixel", "gaussian_learned_global")
 
 
 @dataclass(frozen=True, kw_only=True)
-class VAEConfig:
+class VAEConfig(TrunkConfig):
     """Architecture of a :class:`VAE`.
 
+    The encoder and decoder trunks are set by the fields of
+    :class:`~jaxmed.models.layers.TrunkConfig` (``image_shape``, ``channels``,
+    ``kernel_size``, ``strides``, ``output_activation``, ``norm``, ``dtype``,
+    ``down_impl``, ``up_impl``); ``image_shape = (D,)`` gives a VAE over flat
+    features. The output activation gives the Gaussian mean; a Bernoulli
+    decoder always outputs logits.
+
     Attributes:
-      image_shape: ``(*spatial, channels)`` of one image, channels last, e.g.
-        ``(64, 64, 1)`` or ``(32, 32, 32, 1)``; ``(D,)`` for flat features.
       latent_dim: size of z.
-      channels: encoder channels per down-sampling layer (MLP widths for flat
-        input); the decoder mirrors them.
-      kernel_size: convolution kernel extent along every spatial axis.
-      strides: down-sampling factor of each layer (an int applies to all);
-        each spatial size must be divisible by their product.
       likelihood: key of :data:`~jaxmed.models.observation.LIKELIHOODS`:
         ``"gaussian_unit"`` (identity covariance), ``"gaussian_learned_pixel"``
-        (one learned log-scale per pixel), ``"gaussian_learned_global"`` (one
-        learned log-scale) or ``"bernoulli"``.
-      output_activation: applied to the decoder output to give a Gaussian mean
-        (``"sigmoid"`` for images in [0, 1], or ``"none"``). A Bernoulli decoder
-        always outputs logits.
-      norm: ``"none"``, ``"layer"`` or ``"group"`` (groups of 8 channels) after
-        each hidden layer.
-      dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32
-        and log-densities are computed in at least float32. ``None``: float32.
-      down_impl: implementation of the strided convolutions, a key of
-        :data:`jaxmed.models.layers.DOWN_IMPLS`. All compute the same function
-        with the same parameters; they differ only in speed.
-      up_impl: implementation of the transposed convolutions, as ``down_impl``.
+        (one learned scale per pixel), ``"gaussian_learned_global"`` (one
+        learned scale) or ``"bernoulli"``.
+      min_scale: floor of a learned Gaussian's standard deviation, in image
+        intensity units (ignored by the other likelihoods). The scale is
+        ``sigma = min_scale + exp(log_scale)``, ``log_scale`` the parameter:
+        a smooth floor (unlike a clamp, its gradient does not drop to zero at
+        the floor), so no optimiser-side projection is needed. Unfloored, the
+        scale of pixels that are background in every training image falls
+        towards 0 and any signal there costs absurdly many nats. ``0`` (the
+        default): ``log_scale`` is log sigma itself, unbounded below.
     """
 
-    image_shape: tuple[int, ...]
     latent_dim: int = 32
-    channels: tuple[int, ...] = (32, 64, 128, 256)
-    kernel_size: int = 4
-    strides: int | tuple[int, ...] = 2
     likelihood: str = "gaussian_unit"
-    output_activation: str = "sigmoid"
-    norm: str = "none"
-    dtype: Any = None
-    down_impl: str = "auto"
-    up_impl: str = "auto"
+    min_scale: float = 0.0
 
     def __post_init__(self):
-        object.__setattr__(self, "image_shape", tuple(int(n) for n in self.image_shape))
-        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
-        strides = self.strides
-        strides = (strides,) * len(self.channels) if isinstance(strides, int) else tuple(strides)
-        object.__setattr__(self, "strides", strides)
-        if not 1 <= len(self.image_shape) <= 4 or min(self.image_shape) < 1:
-            raise ValueError(
-                f"image_shape must be (*spatial, channels) with 0-3 spatial axes, got {self.image_shape}"
-            )
+        super().__post_init__()
         if self.latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
-        if not self.channels or min(self.channels) < 1:
-            raise ValueError(f"channels must be positive, got {self.channels}")
-        if len(strides) != len(self.channels) or min(strides) < 1:
-            raise ValueError(f"need one positive stride per layer ({len(self.channels)}), got {strides}")
-        factor = math.prod(strides)
-        if len(self.image_shape) > 1 and any(n % factor for n in self.image_shape[:-1]):
-            raise ValueError(
-                f"spatial shape {self.image_shape[:-1]} not divisible by prod(strides) = {factor}"
-            )
-        if self.kernel_size < 1:
-            raise ValueError(f"kernel_size must be >= 1, got {self.kernel_size}")
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {self.likelihood!r}; expected one of {tuple(LIKELIHOODS)}")
-        if self.output_activation not in OUTPUT_ACTIVATIONS:
-            raise ValueError(
-                f"unknown output_activation {self.output_activation!r}; expected one of {OUTPUT_ACTIVATIONS}"
-            )
-        if self.norm not in NORMS:
-            raise ValueError(f"unknown norm {self.norm!r}; expected one of {NORMS}")
-        if self.down_impl not in DOWN_IMPLS:
-            raise ValueError(f"unknown down_impl {self.down_impl!r}; expected one of {DOWN_IMPLS}")
-        if self.up_impl not in UP_IMPLS:
-            raise ValueError(f"unknown up_impl {self.up_impl!r}; expected one of {UP_IMPLS}")
-
-    @property
-    def spatial_rank(self) -> int:
-        """Number of spatial axes (0 for flat features)."""
-        return len(self.image_shape) - 1
+        if not (math.isfinite(self.min_scale) and self.min_scale >= 0):
+            raise ValueError(f"min_scale must be finite and >= 0, got {self.min_scale}")
 
 
 PRESETS: dict[str, VAEConfig] = {
@@ -159,14 +109,8 @@ class VAE(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.encoder = ConvEncoder(
-            channels=cfg.channels, kernel_size=cfg.kernel_size, strides=cfg.strides,
-            out_features=2 * cfg.latent_dim, norm=cfg.norm, impl=cfg.down_impl, dtype=cfg.dtype,
-        )
-        self.decoder = ConvDecoder(
-            out_shape=cfg.image_shape, channels=cfg.channels, kernel_size=cfg.kernel_size,
-            strides=cfg.strides, norm=cfg.norm, impl=cfg.up_impl, dtype=cfg.dtype,
-        )
+        self.encoder = cfg.make_encoder(2 * cfg.latent_dim)
+        self.decoder = cfg.make_decoder()
         if cfg.likelihood == "gaussian_learned_pixel":
             self.log_scale = self.param("log_scale", nn.initializers.zeros_init(), cfg.image_shape)
         elif cfg.likelihood == "gaussian_learned_global":
@@ -205,11 +149,26 @@ class VAE(nn.Module):
         h = at_least_f32(self.decoder(z)).reshape(*batch, *cfg.image_shape)
         if cfg.likelihood == "bernoulli":
             return {"mean": jax.nn.sigmoid(h), "logits": h}
-        mean = jax.nn.sigmoid(h) if cfg.output_activation == "sigmoid" else h
-        out = {"mean": mean}
-        if cfg.likelihood in ("gaussian_learned_pixel", "gaussian_learned_global"):
-            out["log_scale"] = jnp.broadcast_to(self.log_scale.astype(h.dtype), h.shape)
+        out = {"mean": OUTPUT_ACTIVATIONS[cfg.output_activation](h)}
+        if cfg.likelihood in LEARNED_SCALE_LIKELIHOODS:
+            out["log_scale"] = jnp.broadcast_to(self.noise_log_scale().astype(h.dtype), h.shape)
         return out
+
+    def noise_log_scale(self) -> Array:
+        """log sigma of a learned-Gaussian p(x | z), ``log(min_scale + exp(log_scale))``.
+
+        Returns:
+          ``image_shape`` (``"gaussian_learned_pixel"``) or ``()``
+          (``"gaussian_learned_global"``), float32, in log intensity units.
+          Use ``model.apply(params, method=VAE.noise_log_scale)``.
+        """
+        cfg = self.config
+        if cfg.likelihood not in LEARNED_SCALE_LIKELIHOODS:
+            raise ValueError(f"likelihood {cfg.likelihood!r} has no learned scale")
+        if cfg.min_scale == 0:
+            return self.log_scale
+        # logaddexp: exact and stable where exp(log_scale) << min_scale.
+        return jnp.logaddexp(self.log_scale, math.log(cfg.min_scale))
 
     def log_likelihood(self, x: Array, z: Array) -> Array:
         """log p(x | z), summed over pixels.

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import struct
 
 from jaxmed.models.observation import standard_normal_log_prob
@@ -42,7 +43,7 @@ class VAELatentModel(struct.PyTreeNode):
     def proposal(self, x: Array) -> tuple[Array, Array]:
         """q(z | x) of one image: ``(mean, std)``, each ``(latent_dim,)``."""
         mean, log_scale = self.model.apply(self.params, x, method=VAE.encode)
-        return mean, jax.numpy.exp(log_scale)
+        return mean, jnp.exp(log_scale)
 
 
 def vae_latent_model(model: VAE, params: Any) -> VAELatentModel:
