@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from jaxmed.likelihood import bdmc, log_px
+from jaxmed.losses import vae_loss_fn
 from jaxmed.models import VAE, VAEConfig, vae_latent_model
 
 CONFIG = VAEConfig(
@@ -44,20 +45,16 @@ def _train():
 
     params = jax.tree.map(draw, shapes)
     tx = optax.adam(3e-3)
-
-    def negative_elbo(params, x, key):
-        out = vae.apply(params, x, key)
-        log_lik = vae.apply(params, x, out["z"], method=VAE.log_likelihood)
-        mean, log_scale = out["mean"], out["log_scale"]
-        kl = 0.5 * jnp.sum(jnp.exp(2 * log_scale) + mean**2 - 1 - 2 * log_scale, axis=-1)
-        return jnp.mean(kl - log_lik)
+    loss_fn = vae_loss_fn(vae)
 
     @jax.jit
     def train(params, key):
         def step(carry, key):
             params, opt_state = carry
             k_data, k_sample = jax.random.split(key)
-            loss, grads = jax.value_and_grad(negative_elbo)(params, _blobs(k_data, 32), k_sample)
+            (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                params, {"image": _blobs(k_data, 32)}, k_sample
+            )
             updates, opt_state = tx.update(grads, opt_state)
             return (optax.apply_updates(params, updates), opt_state), loss
 

@@ -2,9 +2,12 @@
 
 A model is any :class:`LatentVariableModel` (``log_prior``, ``log_likelihood``,
 ``proposal``, each for one example). :func:`log_px` estimates log p(x) for a batch
-by one of :data:`ESTIMATORS`; the per-example estimators are public too.
+by one of :data:`ESTIMATORS`; the per-example estimators are public too, and so
+are the Gaussian formulas (:func:`standard_normal_log_prob`,
+:func:`kl_to_standard_normal`) that ``jaxmed.models`` shares with them.
 """
 
+from jaxmed.likelihood._gaussian import kl_to_standard_normal, standard_normal_log_prob
 from jaxmed.likelihood.ais import (
     SCHEDULES,
     AISInfo,
@@ -25,7 +28,7 @@ from jaxmed.likelihood.diagnostics import (
 from jaxmed.likelihood.estimate import ESTIMATORS, log_px
 from jaxmed.likelihood.importance import importance_log_px, mc_log_px
 from jaxmed.likelihood.interface import LatentVariableModel
-from jaxmed.likelihood.match import kl_to_standard_normal, match_log_px
+from jaxmed.likelihood.match import match_log_px
 from jaxmed.likelihood.mcmc import mcmc_log_px
 from jaxmed.likelihood.numpyro_model import NumPyroLatentModel, numpyro_latent_model
 
@@ -53,4 +56,5 @@ __all__ = [
     "numpyro_latent_model",
     "psis_khat",
     "reverse_ais_log_px",
+    "standard_normal_log_prob",
 ]

@@ -132,16 +132,28 @@ def reduce_log_weights(
             chunk_size=size, num_top=num_top,
         )
 
-    axes = tuple(mesh.axis_names)
     per_device = math.ceil(num_samples / mesh.size)
     size = per_device if chunk_size is None else min(chunk_size, per_device)
 
-    def shard(key):
-        start = jax.lax.axis_index(axes) * per_device
-        stats = _local_stats(
-            log_weight_fn, key, start, count=per_device, num_samples=num_samples,
+    def local(key, device):
+        return _local_stats(
+            log_weight_fn, key, device * per_device, count=per_device, num_samples=num_samples,
             chunk_size=size, num_top=num_top,
         )
+
+    return over_devices(local, key, mesh)
+
+
+def over_devices(local_stats_fn: Callable[[Array, Array], _WeightStats], key: Array, mesh: Mesh) -> _WeightStats:
+    """Runs ``local_stats_fn(key, device_index)`` on every device of ``mesh`` and merges.
+
+    The function may use collectives over ``tuple(mesh.axis_names)``. Returns the
+    merged stats, replicated on every device.
+    """
+    axes = tuple(mesh.axis_names)
+
+    def shard(key):
+        stats = local_stats_fn(key, jax.lax.axis_index(axes))
         return merge_gathered(jax.lax.all_gather(stats, axes))
 
     # check_vma=False: all_gather's result is replicated by construction (every
@@ -149,17 +161,41 @@ def reduce_log_weights(
     return jax.shard_map(shard, mesh=mesh, in_specs=P(), out_specs=P(), check_vma=False)(key)
 
 
-def log_mean(stats: _WeightStats, num_samples: int) -> Array:
-    """log((1/N) sum_i w_i)."""
-    return stats.log_sum - jnp.log(jnp.asarray(num_samples, stats.log_sum.dtype))
+def finish(
+    stats: _WeightStats, num_samples: int, return_diagnostics: bool, *, sign: int = 1
+) -> Array | tuple[Array, Diagnostics]:
+    """An estimator's result: ``sign * log((1/N) sum_i w_i)``, and the diagnostics if asked.
 
-
-def diagnostics(stats: _WeightStats, num_samples: int) -> Diagnostics:
-    """Diagnostics of the weights summarised by ``stats``."""
+    ``sign`` is -1 for the reciprocal estimators (MCMC, reverse AIS), whose weights
+    average to 1/p(x).
+    """
+    estimate = sign * (stats.log_sum - jnp.log(jnp.asarray(num_samples, stats.log_sum.dtype)))
+    if not return_diagnostics:
+        return estimate
     top = stats.top if stats.top.shape[0] else None
-    return _diagnostics_from_sums(
-        stats.log_sum, stats.log_sum_sq, top, num_samples=num_samples
+    return estimate, _diagnostics_from_sums(stats.log_sum, stats.log_sum_sq, top, num_samples=num_samples)
+
+
+def log_mean_estimate(
+    log_weight_fn: LogWeightFn,
+    key: Array,
+    *,
+    num_samples: int,
+    chunk_size: int | None,
+    return_diagnostics: bool,
+    mesh: Mesh | None,
+    sign: int = 1,
+) -> Array | tuple[Array, Diagnostics]:
+    """The result of an estimator that averages N independent weights.
+
+    :func:`reduce_log_weights` then :func:`finish`, with their arguments; the
+    caller validates them first (:func:`validate_sampling`).
+    """
+    stats = reduce_log_weights(
+        log_weight_fn, key, num_samples=num_samples, chunk_size=chunk_size,
+        num_top=num_top_for(num_samples, return_diagnostics), mesh=mesh,
     )
+    return finish(stats, num_samples, return_diagnostics, sign=sign)
 
 
 def validate_sampling(num_samples: int, chunk_size: int | None, method: str) -> None:

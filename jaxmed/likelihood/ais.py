@@ -43,7 +43,11 @@ from jax import Array
 from jax.sharding import Mesh
 
 from jaxmed.likelihood import _reduce
-from jaxmed.likelihood._gaussian import diag_normal_log_prob, standard_normal_log_prob
+from jaxmed.likelihood._gaussian import (
+    diag_normal_log_prob,
+    diag_normal_sample,
+    standard_normal_log_prob,
+)
 from jaxmed.likelihood.diagnostics import Diagnostics
 from jaxmed.likelihood.interface import LatentVariableModel
 
@@ -247,7 +251,7 @@ def _start_distribution(model: LatentVariableModel, x: Array, start: str):
     if start == "proposal":
 
         def sample(key):
-            return mean + std * jax.random.normal(key, mean.shape, mean.dtype)
+            return diag_normal_sample(key, mean, std)[0]
 
         return sample, lambda z: diag_normal_log_prob(z, mean, std), std
 
@@ -363,7 +367,26 @@ def _ais_log_weights(
     return reverse_log_weights
 
 
-def _validate_ais(num_leapfrog_steps, step_size, target_acceptance, num_pilot_chains):
+def _ais(
+    key: Array,
+    x: Array,
+    z_start: Array | None,
+    *,
+    model: LatentVariableModel,
+    num_samples: int,
+    chunk_size: int | None,
+    return_diagnostics: bool,
+    mesh: Mesh | None,
+    num_steps: int,
+    schedule: str | Array,
+    start: str,
+    num_leapfrog_steps: int,
+    step_size: float,
+    target_acceptance: float,
+    num_pilot_chains: int,
+) -> Array | tuple[Array, Diagnostics]:
+    """Forward AIS (``z_start`` None) or reverse AIS from ``z_start``; see the public pair."""
+    _reduce.validate_sampling(num_samples, chunk_size, "ais" if z_start is None else "reverse ais")
     if not isinstance(num_pilot_chains, (int, np.integer)) or num_pilot_chains < 0:
         raise ValueError(f"ais: num_pilot_chains must be a non-negative int, got {num_pilot_chains!r}")
     if not isinstance(num_leapfrog_steps, (int, np.integer)) or num_leapfrog_steps < 1:
@@ -372,6 +395,17 @@ def _validate_ais(num_leapfrog_steps, step_size, target_acceptance, num_pilot_ch
         raise ValueError(f"ais: step_size must be > 0, got {step_size!r}")
     if not 0 < target_acceptance < 1:
         raise ValueError(f"ais: target_acceptance must be in (0, 1), got {target_acceptance!r}")
+    k_pilot, key = jax.random.split(key)
+    log_weights = _ais_log_weights(
+        k_pilot, model, x, betas=annealing_schedule(num_steps, schedule), start=start,
+        z_start=z_start, num_leapfrog_steps=num_leapfrog_steps, step_size=step_size,
+        target_acceptance=target_acceptance, num_pilot_chains=num_pilot_chains,
+    )
+    # Reverse chains' weights average to 1/p(x): minus the log of their mean.
+    return _reduce.log_mean_estimate(
+        log_weights, key, num_samples=num_samples, chunk_size=chunk_size,
+        return_diagnostics=return_diagnostics, mesh=mesh, sign=1 if z_start is None else -1,
+    )
 
 
 def ais_log_px(
@@ -426,23 +460,13 @@ def ais_log_px(
         log (1/K) sum_k w_k in nats, a scalar (a stochastic lower bound of log p(x));
         and the diagnostics if asked.
     """
-    _reduce.validate_sampling(num_samples, chunk_size, "ais")
-    _validate_ais(num_leapfrog_steps, step_size, target_acceptance, num_pilot_chains)
-    k_pilot, key = jax.random.split(key)
-    betas = annealing_schedule(num_steps, schedule)
-    log_weights = _ais_log_weights(
-        k_pilot, model, x, betas=betas, start=start, z_start=None,
-        num_leapfrog_steps=num_leapfrog_steps, step_size=step_size,
-        target_acceptance=target_acceptance, num_pilot_chains=num_pilot_chains,
+    return _ais(
+        key, x, None, model=model, num_samples=num_samples, chunk_size=chunk_size,
+        return_diagnostics=return_diagnostics, mesh=mesh, num_steps=num_steps,
+        schedule=schedule, start=start, num_leapfrog_steps=num_leapfrog_steps,
+        step_size=step_size, target_acceptance=target_acceptance,
+        num_pilot_chains=num_pilot_chains,
     )
-    stats = _reduce.reduce_log_weights(
-        log_weights, key, num_samples=num_samples, chunk_size=chunk_size,
-        num_top=_reduce.num_top_for(num_samples, return_diagnostics), mesh=mesh,
-    )
-    estimate = _reduce.log_mean(stats, num_samples)
-    if return_diagnostics:
-        return estimate, _reduce.diagnostics(stats, num_samples)
-    return estimate
 
 
 def reverse_ais_log_px(
@@ -485,23 +509,13 @@ def reverse_ais_log_px(
         -log (1/K) sum_k w_k^rev in nats, a scalar; and the diagnostics (of the
         reverse weights) if asked.
     """
-    _reduce.validate_sampling(num_samples, chunk_size, "reverse ais")
-    _validate_ais(num_leapfrog_steps, step_size, target_acceptance, num_pilot_chains)
-    k_pilot, key = jax.random.split(key)
-    betas = annealing_schedule(num_steps, schedule)
-    log_weights = _ais_log_weights(
-        k_pilot, model, x, betas=betas, start=start, z_start=z,
-        num_leapfrog_steps=num_leapfrog_steps, step_size=step_size,
-        target_acceptance=target_acceptance, num_pilot_chains=num_pilot_chains,
+    return _ais(
+        key, x, z, model=model, num_samples=num_samples, chunk_size=chunk_size,
+        return_diagnostics=return_diagnostics, mesh=mesh, num_steps=num_steps,
+        schedule=schedule, start=start, num_leapfrog_steps=num_leapfrog_steps,
+        step_size=step_size, target_acceptance=target_acceptance,
+        num_pilot_chains=num_pilot_chains,
     )
-    stats = _reduce.reduce_log_weights(
-        log_weights, key, num_samples=num_samples, chunk_size=chunk_size,
-        num_top=_reduce.num_top_for(num_samples, return_diagnostics), mesh=mesh,
-    )
-    estimate = -_reduce.log_mean(stats, num_samples)
-    if return_diagnostics:
-        return estimate, _reduce.diagnostics(stats, num_samples)
-    return estimate
 
 
 class BDMCResult(NamedTuple):

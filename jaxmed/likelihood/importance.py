@@ -3,33 +3,13 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from jax import Array
 from jax.sharding import Mesh
 
 from jaxmed.likelihood import _reduce
-from jaxmed.likelihood._gaussian import standard_normal_log_prob
+from jaxmed.likelihood._gaussian import diag_normal_sample
 from jaxmed.likelihood.diagnostics import Diagnostics
 from jaxmed.likelihood.interface import LatentVariableModel
-
-
-def _proposal_sampler(model: LatentVariableModel, x: Array):
-    """Encodes x once; returns a function key -> (z, log q(z|x)) for one sample."""
-    mean, std = model.proposal(x)
-    log_std_sum = jnp.sum(jnp.log(std))
-
-    def sample(key):
-        eps = jax.random.normal(key, mean.shape, mean.dtype)
-        return mean + std * eps, standard_normal_log_prob(eps) - log_std_sum
-
-    return sample
-
-
-def _finish(stats, num_samples: int, return_diagnostics: bool, *, sign: int = 1):
-    estimate = sign * _reduce.log_mean(stats, num_samples)
-    if return_diagnostics:
-        return estimate, _reduce.diagnostics(stats, num_samples)
-    return estimate
 
 
 def importance_log_px(
@@ -67,17 +47,16 @@ def importance_log_px(
         Burda, Grosse, Salakhutdinov (2016). Importance weighted autoencoders. ICLR.
     """
     _reduce.validate_sampling(num_samples, chunk_size, "importance")
-    sample = _proposal_sampler(model, x)
+    mean, std = model.proposal(x)  # x is encoded once, outside the sample loop
 
     def log_weight(key):
-        z, log_q = sample(key)
+        z, log_q = diag_normal_sample(key, mean, std)
         return model.log_prior(z) + model.log_likelihood(x, z) - log_q
 
-    stats = _reduce.reduce_log_weights(
+    return _reduce.log_mean_estimate(
         jax.vmap(log_weight), key, num_samples=num_samples, chunk_size=chunk_size,
-        num_top=_reduce.num_top_for(num_samples, return_diagnostics), mesh=mesh,
+        return_diagnostics=return_diagnostics, mesh=mesh,
     )
-    return _finish(stats, num_samples, return_diagnostics)
 
 
 def mc_log_px(
@@ -118,14 +97,13 @@ def mc_log_px(
         reconstruction probability. SNU Data Mining Center, Special Lecture on IE.
     """
     _reduce.validate_sampling(num_samples, chunk_size, "mc")
-    sample = _proposal_sampler(model, x)
+    mean, std = model.proposal(x)
 
     def log_weight(key):
-        z, _ = sample(key)
+        z, _ = diag_normal_sample(key, mean, std)
         return model.log_likelihood(x, z)
 
-    stats = _reduce.reduce_log_weights(
+    return _reduce.log_mean_estimate(
         jax.vmap(log_weight), key, num_samples=num_samples, chunk_size=chunk_size,
-        num_top=_reduce.num_top_for(num_samples, return_diagnostics), mesh=mesh,
+        return_diagnostics=return_diagnostics, mesh=mesh,
     )
-    return _finish(stats, num_samples, return_diagnostics)

@@ -5,16 +5,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import Array
 
+from jaxmed.likelihood._gaussian import kl_to_standard_normal
 from jaxmed.likelihood.diagnostics import Diagnostics
 from jaxmed.likelihood.interface import LatentVariableModel
-
-
-def kl_to_standard_normal(mean: Array, std: Array) -> Array:
-    """KL(N(mean, diag(std^2)) || N(0, I)) in nats, summed over the last axis.
-
-    Closed form: 0.5 * sum(std^2 + mean^2 - 1 - 2 log std).
-    """
-    return 0.5 * jnp.sum(jnp.square(std) + jnp.square(mean) - 1 - 2 * jnp.log(std), axis=-1)
 
 
 def match_log_px(

@@ -25,40 +25,18 @@ References:
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 from jax import Array
-from jax.scipy.special import gammaln
 from jax.sharding import Mesh
-from jax.sharding import PartitionSpec as P
 from numpyro.infer.hmc import hmc
 
 from jaxmed.likelihood import _reduce
+from jaxmed.likelihood._gaussian import diag_normal_sample
 from jaxmed.likelihood.diagnostics import Diagnostics
 from jaxmed.likelihood.interface import LatentVariableModel
-
-_LOG_PI = math.log(math.pi)
-
-
-def _gaussian_log_prob(z, mean, chol):
-    white = jax.scipy.linalg.solve_triangular(chol, z - mean, lower=True)
-    d = z.shape[-1]
-    return -0.5 * (jnp.sum(jnp.square(white)) + d * math.log(2 * math.pi)) - jnp.sum(
-        jnp.log(jnp.diagonal(chol))
-    )
-
-
-def _student_t_log_prob(z, mean, chol, df):
-    white = jax.scipy.linalg.solve_triangular(chol, z - mean, lower=True)
-    d = z.shape[-1]
-    return (
-        gammaln(0.5 * (df + d)) - gammaln(0.5 * df) - 0.5 * d * (math.log(df) + _LOG_PI)
-        - jnp.sum(jnp.log(jnp.diagonal(chol)))
-        - 0.5 * (df + d) * jnp.log1p(jnp.sum(jnp.square(white)) / df)
-    )
 
 
 def _fit_density(mean: Array, cov: Array, *, density: str, student_t_df: float, fit_scale: float):
@@ -72,10 +50,9 @@ def _fit_density(mean: Array, cov: Array, *, density: str, student_t_df: float, 
     # a coordinate barely moved.
     cov = cov + 1e-6 * jnp.trace(cov) / d * jnp.eye(d, dtype=cov.dtype)
     if density == "gaussian":
-        chol = jnp.linalg.cholesky(cov)
-        return lambda z: _gaussian_log_prob(z, mean, chol)
+        return dist.MultivariateNormal(mean, scale_tril=jnp.linalg.cholesky(cov)).log_prob
     chol = jnp.linalg.cholesky(cov * (student_t_df - 2) / student_t_df)
-    return lambda z: _student_t_log_prob(z, mean, chol, student_t_df)
+    return dist.MultivariateStudentT(student_t_df, mean, chol).log_prob
 
 
 _DENSITIES = ("gaussian", "student_t")
@@ -197,11 +174,15 @@ def mcmc_log_px(
     # so that the covariance (S2 - S1 S1^T / n) does not cancel catastrophically.
     centre = jax.lax.stop_gradient(mean)
 
-    def run(key, first_chain, num_local_chains, axes):
+    def run(key, first_chain, num_local_chains, axes=None):
+        """Weight stats of chains first_chain, ..., first_chain + num_local_chains - 1.
+
+        ``axes``: the mesh axes the fitting sums are summed over (None: one device).
+        """
         chain_ids = first_chain + jnp.arange(num_local_chains)
         chain_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, chain_ids)
         start_keys, kernel_keys = jnp.moveaxis(jax.vmap(jax.random.split)(chain_keys), 1, 0)
-        z0 = jax.vmap(lambda k: mean + std * jax.random.normal(k, mean.shape, mean.dtype))(start_keys)
+        z0 = jax.vmap(lambda k: diag_normal_sample(k, mean, std)[0])(start_keys)
         state = jax.vmap(
             lambda z, k: init_kernel(z, num_warmup, rng_key=k, **hmc_options)
         )(z0, kernel_keys)
@@ -239,22 +220,13 @@ def mcmc_log_px(
             _reduce.empty_stats(num_top, dtype),
         )
         _, _, _, stats = jax.lax.fori_loop(0, fit_end + samples_per_chain, body, carry)
-        if axes is not None:
-            stats = _reduce.merge_gathered(jax.lax.all_gather(stats, axes))
         return stats
 
     if mesh is None:
-        stats = run(key, 0, num_chains, None)
+        stats = run(key, 0, num_chains)
     else:
-        axes = tuple(mesh.axis_names)
         local = num_chains // mesh.size
-
-        def shard(key):
-            return run(key, jax.lax.axis_index(axes) * local, local, axes)
-
-        stats = jax.shard_map(shard, mesh=mesh, in_specs=P(), out_specs=P(), check_vma=False)(key)
-
-    estimate = -_reduce.log_mean(stats, num_samples)
-    if return_diagnostics:
-        return estimate, _reduce.diagnostics(stats, num_samples)
-    return estimate
+        axes = tuple(mesh.axis_names)
+        stats = _reduce.over_devices(lambda key, device: run(key, device * local, local, axes), key, mesh)
+    # The reciprocal weights average to 1/p(x): minus the log of their mean.
+    return _reduce.finish(stats, num_samples, return_diagnostics, sign=-1)
