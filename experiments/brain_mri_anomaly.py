@@ -31,7 +31,6 @@ baseline's blur AUROC FALLS with severity (a blurred slice lies closer to
 the principal subspace).
 """
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -67,9 +66,10 @@ def main() -> None:
     data = load_demo_data(CONFIG)
     trained = train_vae(CONFIG, data, OUT_DIR / "checkpoint")
     spec = score_specs(CONFIG)["importance"]
-    val_scores = score_test_set(trained, data.val, specs={"importance": spec}, indices=10**6 + np.arange(len(data.val)))
-    calibration = calibrate_on_validation(trained, val_scores["importance"], spec=spec, fpr=CONFIG.fpr)
-    val_scores = val_scores["importance"]
+    # Validation keys offset from the test slices' (as in run_demo).
+    val_scores = score_test_set(trained, data.val, specs={"importance": spec},
+                                indices=10**6 + np.arange(len(data.val)))["importance"]
+    calibration = calibrate_on_validation(trained, val_scores, spec=spec, fpr=CONFIG.fpr)
     pca_label = f"PCA({CONFIG.pca_components})"
 
     results = {}
@@ -88,8 +88,8 @@ def main() -> None:
         results[str(severity)] = {"auroc": table, "flagged_fraction": flagged}
         print(f"\nseverity {severity}\n{format_auroc_table(table)}")
 
-    summary = {"config": dataclasses.asdict(CONFIG), "threshold": calibration.threshold, "results": results}
-    (OUT_DIR / "severity_sweep.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    summary = {"config": CONFIG.to_dict(), "threshold": calibration.threshold, "results": results}
+    (OUT_DIR / "severity_sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\nwrote {OUT_DIR / 'severity_sweep.json'}")
 
 

@@ -291,32 +291,15 @@ def _phantom_data(config: DemoConfig, size: int) -> DemoData:
 
 
 def _brain_data(size: int) -> DemoData:
-    from jaxmed.data import brain_mri
-
-    splits = brain_mri.load_brain_mri(size=size)
-    parts = {name: np.asarray(_split(splits, name), np.float32) for name in ("train", "val", "test")}
-    parts = {k: v[..., None] if v.ndim == 3 else v for k, v in parts.items()}
-    description = {"source": "brain-mri", **{f"num_{k}": len(v) for k, v in parts.items()}}
-    extra = _split_description(splits)
-    description.update(extra)
-    return DemoData(parts["train"], parts["val"], parts["test"], description, _brain_preprocessing(size))
-
-
-def _split(splits: Any, name: str) -> Any:
-    value = splits[name] if isinstance(splits, Mapping) else getattr(splits, name)
-    return value["image"] if isinstance(value, Mapping) else value
-
-
-def _split_description(splits: Any) -> dict[str, Any]:
-    description = splits.get("description") if isinstance(splits, Mapping) else getattr(splits, "description", None)
-    return dict(description) if isinstance(description, Mapping) else {}
-
-
-def _brain_preprocessing(size: int):
+    from jaxmed.data.brain_mri import load_brain_mri
     from jaxmed.scoring import Preprocessing
 
-    # load_brain_mri's defaults, as used by _brain_data.
-    return Preprocessing(image_size=(size, size), method="brain_mri")
+    splits = load_brain_mri(size=size)
+    train, val, test = (split["image"] for split in (splits.train, splits.val, splits.test))
+    description = {"source": "brain-mri", "num_train": len(train), "num_val": len(val), "num_test": len(test),
+                   **splits.description}
+    # load_brain_mri's defaults, so that `jaxmed score` slices a volume alike.
+    return DemoData(train, val, test, description, Preprocessing(image_size=(size, size), method="brain_mri"))
 
 
 # ----------------------------------------------------------------------------
@@ -399,15 +382,18 @@ def train_vae(config: DemoConfig, data: DemoData, run_dir: str | os.PathLike, *,
 
     images = data.train
     augment_key = jax.random.fold_in(root, _AUGMENT)
-    augment = jax.jit(jax.vmap(functools.partial(brain_augment, max_shift=config.max_shift,
-                                                 intensity_range=config.intensity_range)))
+
+    @jax.jit
+    def augment(step, batch):
+        keys = jax.random.split(jax.random.fold_in(augment_key, step), batch.shape[0])
+        one = functools.partial(brain_augment, max_shift=config.max_shift, intensity_range=config.intensity_range)
+        return jax.vmap(one)(keys, batch)
 
     def batch_fn(step: int) -> dict[str, np.ndarray]:
         rows = batch_indices(step, num_examples=len(images), batch_size=batch_size, seed=config.seed)
         batch = images[rows]
         if config.augment:
-            keys = jax.random.split(jax.random.fold_in(augment_key, step), len(batch))
-            batch = np.asarray(augment(keys, batch))
+            batch = np.asarray(augment(step, batch))
         return {"image": batch}
 
     loss_fn = vae_loss_fn(model, beta=config.beta)
@@ -525,21 +511,29 @@ def make_test_set(
     Returns:
       A :class:`TestSet` of ``n * (1 + copies * len(artefacts))`` images.
     """
-    from jaxmed.data.artefacts import ARTEFACTS
-
+    if not 0.0 <= severity <= 1.0:
+        raise ValueError(f"severity must be in [0, 1], got {severity}")
     normal = np.asarray(normal, np.float32)
     n = len(normal)
-    images, groups, source = [normal], ["normal"] * n, [np.arange(n)]
+    # All copies of all slices in one call per artefact, copy-major.
+    copy, row = np.divmod(np.arange(copies * n), n)
+    inputs = normal[row, ..., 0]
+    images = [normal]
     for a, name in enumerate(artefacts):
-        corrupt = jax.jit(jax.vmap(lambda k, x, f=ARTEFACTS[name]: jnp.clip(f(k, x, severity=severity), 0.0, 1.0)))
-        for c in range(copies):
-            base = jax.random.fold_in(jax.random.fold_in(key, a), c)
-            keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(n))
-            images.append(np.asarray(corrupt(keys, normal[..., 0]))[..., None].astype(np.float32))
-            groups += [name] * n
-            source.append(np.arange(n))
-    groups = np.asarray(groups)
-    return TestSet(np.concatenate(images), (groups != "normal").astype(np.int32), groups, np.concatenate(source))
+        base = jax.random.fold_in(key, a)
+        keys = jax.vmap(lambda c, i, base=base: jax.random.fold_in(jax.random.fold_in(base, c), i))(copy, row)
+        images.append(np.asarray(_corrupt(keys, inputs, jnp.float32(severity), name=name))[..., None])
+    groups = np.asarray(["normal"] * n + [name for name in artefacts for _ in row])
+    source = np.concatenate([np.arange(n), *[row] * len(artefacts)])
+    return TestSet(np.concatenate(images), (groups != "normal").astype(np.int32), groups, source)
+
+
+@functools.partial(jax.jit, static_argnames="name")
+def _corrupt(keys: jax.Array, images: jax.Array, severity: jax.Array, *, name: str) -> jax.Array:
+    """``ARTEFACTS[name]`` of each image, clipped to [0, 1]; severity traced: one compilation per artefact."""
+    from jaxmed.data.artefacts import ARTEFACTS
+
+    return jax.vmap(lambda k, x: jnp.clip(ARTEFACTS[name](k, x, severity=severity), 0.0, 1.0))(keys, images)
 
 
 def subset_indices(test: TestSet, *, per_group: int) -> np.ndarray:
@@ -646,11 +640,17 @@ def pca_scores(train: np.ndarray, images: np.ndarray, *, num_components: int) ->
     Returns:
       float64 ``[N]`` mean squared reconstruction errors.
     """
-    from jaxmed.models.pca import fit_pca, pca_reconstruction_error
+    from jaxmed.models.pca import fit_pca
 
     pca = fit_pca(jnp.asarray(train), num_components=num_components)
-    errors = jax.jit(jax.vmap(pca_reconstruction_error, in_axes=(None, 0)))(pca, jnp.asarray(images))
-    return np.asarray(errors, np.float64)
+    return np.asarray(_pca_errors(pca, jnp.asarray(images)), np.float64)
+
+
+@jax.jit
+def _pca_errors(pca: Any, images: jax.Array) -> jax.Array:
+    from jaxmed.models.pca import pca_reconstruction_error
+
+    return jax.vmap(pca_reconstruction_error, in_axes=(None, 0))(pca, images)
 
 
 def reconstruct(trained: TrainedVAE, images: np.ndarray) -> np.ndarray:

@@ -144,6 +144,23 @@ def test_importance_scores_use_one_key_per_image(run_dir, rng):
     np.testing.assert_allclose(by_two, np.asarray(direct), rtol=1e-5)
 
 
+def test_files_of_many_slice_counts_compile_once(run_dir, tmp_path, rng):
+    from jaxmed import scoring
+
+    for num_slices in (2, 4, 6):  # 16x16 slices, resampled to the model's 8x8
+        array = np.repeat(np.repeat(_volume(rng), 2, axis=1), 2, axis=2)[:num_slices]
+        _write_nifti(tmp_path / f"scan{num_slices}.nii.gz", array)
+    scorer = load_scorer(run_dir)
+    caches = (scoring._score_batch, scoring._resize_batch)
+    before = [f._cache_size() for f in caches]
+    first = score_paths(scorer, [tmp_path], spec=MATCH)
+    # Another seed and a second call: the same programs (the seed is no part of them).
+    again = score_paths(scorer, [tmp_path], spec=ScoreSpec(method="match", batch_size=4, seed=7))
+    grown = [f._cache_size() - b for f, b in zip(caches, before, strict=True)]
+    assert max(grown) <= 1, grown  # not one per file or per call
+    assert first.num_scored == 3 and first.rows == again.rows
+
+
 def test_load_scorer_reads_preprocessing_and_checks_its_size(run_dir, tmp_path):
     scorer = load_scorer(run_dir)
     assert scorer.preprocessing == Preprocessing(image_size=(8, 8))  # jaxmed train's file default

@@ -39,8 +39,11 @@ class Found(NamedTuple):
     series_number: int | None
 
 
-def _read_file(path: str) -> Found:
-    volume = read_image(path)
+def _read_file(path: str) -> Found | ReadProblem:
+    try:
+        volume = read_image(path)
+    except ImageReadError as err:
+        return ReadProblem(path=err.path, problem=err.problem)
     kind = "nifti" if is_nifti_path(path) else "dicom file"
     return Found(volume=volume, kind=kind, files=(path,), series_number=None)
 
@@ -63,10 +66,7 @@ def iter_volumes(paths: Iterable) -> Iterator[Found | ReadProblem]:
     for path in paths:
         path = os.fspath(path)
         if not os.path.isdir(path):
-            try:
-                yield _read_file(path)
-            except ImageReadError as err:
-                yield ReadProblem(path=err.path, problem=err.problem)
+            yield _read_file(path)
             continue
         scan = scan_folder(path)
         for series in scan.series:
@@ -84,11 +84,7 @@ def iter_volumes(paths: Iterable) -> Iterator[Found | ReadProblem]:
                 continue
             kind = "dicom file" if single else "dicom series"
             yield Found(volume=volume, kind=kind, files=series.files, series_number=series.series_number)
-        for nifti in scan.nifti:
-            try:
-                yield _read_file(nifti)
-            except ImageReadError as err:
-                yield ReadProblem(path=err.path, problem=err.problem)
+        yield from map(_read_file, scan.nifti)
         yield from scan.problems
 
 

@@ -37,6 +37,7 @@ __all__ = ["DicomHeader", "FrameHeader", "read_dicom", "read_header", "stack_fil
 # 0x0008 in little- or big-endian byte order.
 _RAW_DATASET_STARTS = (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
 _GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
+_PIXEL_DATA = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # pydicom names a missing plugin by its import name; pip knows some otherwise.
 _PIP_NAMES = {"gdcm": "python-gdcm"}
 _MAX_PROBLEM_CHARS = 300
@@ -219,7 +220,7 @@ _SPACING_KEYWORDS = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelS
 
 def _check_greyscale_image(ds, path: str, *, with_pixels: bool) -> None:
     rows, columns = _int(ds.get("Rows")), _int(ds.get("Columns"))
-    has_pixels = any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+    has_pixels = any(k in ds for k in _PIXEL_DATA)
     if not rows or not columns or (with_pixels and not has_pixels):
         sop = ds.get("SOPClassUID") or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", None)
         kind = getattr(sop, "name", None) or (str(sop) if sop else "unknown SOP class")
@@ -424,9 +425,9 @@ def file_values(header: DicomHeader) -> np.ndarray:
     """
     ds = header.dataset
     path = header.path
-    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+    if not any(k in ds for k in _PIXEL_DATA):
         ds = _open_dataset(path, stop_before_pixels=False)
-        if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if not any(k in ds for k in _PIXEL_DATA):
             raise ImageReadError(
                 path,
                 "no pixel data element (7FE0,0010) although the header describes an image (file truncated?)",

@@ -76,9 +76,10 @@ def make_evaluator(eval_step, batches: Sequence[Any], *, mesh: Mesh, key: jax.Ar
     keys = replicate(list(jax.random.split(key, len(sharded))), mesh)
 
     def eval_fn(params: Any) -> dict[str, float]:
-        outputs = [eval_step(params, batch, k) for batch, k in zip(sharded, keys, strict=True)]
+        # Dispatch every batch, then one transfer to the host.
+        outputs = jax.device_get([eval_step(params, batch, k) for batch, k in zip(sharded, keys, strict=True)])
         # Equal batch sizes: the mean of batch means is the mean over examples.
-        return {name: float(np.mean([jax.device_get(o[name]) for o in outputs])) for name in outputs[0]}
+        return {name: float(np.mean([o[name] for o in outputs])) for name in outputs[0]}
 
     return eval_fn
 
@@ -92,14 +93,16 @@ def _is_placed(tree: Any, mesh: Mesh) -> bool:
     return all(getattr(x, "sharding", None) == sharding for x in jax.tree.leaves(tree))
 
 
+def _track_best(best: float, since_best: int, val_loss: float) -> tuple[float, int]:
+    """The lowest validation loss so far and the evaluations since it, after one more."""
+    return (val_loss, 0) if val_loss < best else (best, since_best + 1)
+
+
 def _early_stopping_state(records: Sequence[dict[str, Any]]) -> tuple[float, int]:
     best, since_best = math.inf, 0
     for record in records:
         if "val_loss" in record:
-            if record["val_loss"] < best:
-                best, since_best = record["val_loss"], 0
-            else:
-                since_best += 1
+            best, since_best = _track_best(best, since_best, record["val_loss"])
     return best, since_best
 
 
@@ -192,10 +195,7 @@ def fit(
                 if eval_now:
                     val = eval_fn(state.params)
                     record.update({f"val_{k}": v for k, v in val.items()})
-                    if record["val_loss"] < best:
-                        best, since_best = record["val_loss"], 0
-                    else:
-                        since_best += 1
+                    best, since_best = _track_best(best, since_best, record["val_loss"])
                     stop_early = patience is not None and since_best >= patience
                 record["elapsed_s"] = round(time.perf_counter() - t0, 3)
                 if writer:
