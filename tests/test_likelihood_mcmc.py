@@ -61,18 +61,38 @@ def test_chains_sharded_over_four_devices_agree(problem, unsharded):
 def test_fitted_density_matches_scipy(density, rng):
     mean = rng.normal(size=3)
     a = rng.normal(size=(3, 3))
-    cov = a @ a.T + np.eye(3)
+    cov = a @ a.T + np.eye(3)  # well conditioned: no eigenvalue reaches the floor
     log_q = _fit_density(
-        jnp.asarray(mean), jnp.asarray(cov), density=density, student_t_df=5.0, fit_scale=0.8
+        jnp.asarray(mean), jnp.asarray(cov), density=density, student_t_df=5.0, fit_scale=0.8,
+        min_variance=1e-9,
     )
     zs = rng.normal(size=(5, 3)) * 2
     got = jax.vmap(log_q)(jnp.asarray(zs, jnp.float32))
-    target = 0.8 * cov + 1e-6 * np.trace(0.8 * cov) / 3 * np.eye(3)
+    target = 0.8 * cov
     if density == "gaussian":
         expected = scipy.stats.multivariate_normal(mean, target).logpdf(zs)
     else:  # moment-matched: covariance of the t equals the target
         expected = scipy.stats.multivariate_t(mean, target * 3 / 5, df=5).logpdf(zs)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_fitted_density_of_an_indefinite_covariance_is_the_floored_one(rng):
+    # Chains that moved along one line: a rank-1 covariance, made slightly
+    # indefinite as float32 running sums make it (a Cholesky factor is NaN).
+    u = rng.normal(size=4)
+    cov = np.outer(u, u) - 1e-7 * np.eye(4)
+    assert np.isnan(jnp.linalg.cholesky(jnp.asarray(cov, jnp.float32))).any()
+    mean = rng.normal(size=4)
+    log_q = _fit_density(jnp.asarray(mean, jnp.float32), jnp.asarray(cov, jnp.float32), density="gaussian",
+                         student_t_df=5.0, fit_scale=1.0, min_variance=0.0)
+    # The same spectrum with the eigenvalues below 1e-6 x their mean raised to it, in float64.
+    w, v = np.linalg.eigh(cov)
+    w = np.maximum(w, 1e-6 * np.abs(w).sum() / 4)
+    zs = mean + rng.normal(size=(5, 4)) * 1e-3
+    expected = scipy.stats.multivariate_normal(mean, (v * w) @ v.T).logpdf(zs)
+    got = np.asarray(jax.vmap(log_q)(jnp.asarray(zs, jnp.float32)))
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=2e-3)
 
 
 def test_bad_options_are_rejected(problem):

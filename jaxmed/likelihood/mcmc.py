@@ -39,19 +39,30 @@ from jaxmed.likelihood.diagnostics import Diagnostics
 from jaxmed.likelihood.interface import LatentVariableModel
 
 
-def _fit_density(mean: Array, cov: Array, *, density: str, student_t_df: float, fit_scale: float):
+def _fit_density(
+    mean: Array, cov: Array, *, density: str, student_t_df: float, fit_scale: float, min_variance: Array
+):
     """log q for one ``(d,)`` z, q matching ``mean`` and ``fit_scale * cov``.
 
     The Student-t scale matrix is the covariance times (df - 2) / df.
+
+    ``cov`` comes from running sums in the working precision; when the chains
+    barely moved along some direction it is singular or, after rounding,
+    slightly indefinite (seen in float32: smallest eigenvalue -1e-7 against a
+    trace of 0.5), and a Cholesky factor would be NaN. So its eigenvalues are
+    floored at ``1e-6`` times their mean (or at ``min_variance`` when larger)
+    and the triangular factor is taken by a QR decomposition of the
+    eigen-factor, which is finite for any floored spectrum.
     """
     d = mean.shape[0]
-    cov = fit_scale * cov
-    # Jitter relative to the average variance keeps the Cholesky factor finite when
-    # a coordinate barely moved.
-    cov = cov + 1e-6 * jnp.trace(cov) / d * jnp.eye(d, dtype=cov.dtype)
+    scale2 = fit_scale * (1.0 if density == "gaussian" else (student_t_df - 2) / student_t_df)
+    w, v = jnp.linalg.eigh(scale2 * (cov + cov.T) / 2)
+    w = jnp.maximum(w, jnp.maximum(1e-6 * jnp.sum(jnp.abs(w)) / d, scale2 * min_variance))
+    # (V sqrt(W))^T = Q R, so V W V^T = R^T R: R^T is a Cholesky factor (up to signs).
+    r = jnp.linalg.qr((v * jnp.sqrt(w)[None, :]).T, mode="r")
+    chol = (r * jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0)[:, None]).T
     if density == "gaussian":
-        return dist.MultivariateNormal(mean, scale_tril=jnp.linalg.cholesky(cov)).log_prob
-    chol = jnp.linalg.cholesky(cov * (student_t_df - 2) / student_t_df)
+        return dist.MultivariateNormal(mean, scale_tril=chol).log_prob
     return dist.MultivariateStudentT(student_t_df, mean, chol).log_prob
 
 
@@ -173,6 +184,8 @@ def mcmc_log_px(
     # Sums are taken about the proposal mean, a constant near the posterior mean,
     # so that the covariance (S2 - S1 S1^T / n) does not cancel catastrophically.
     centre = jax.lax.stop_gradient(mean)
+    # q's variance floor should chains not move at all: a millionth of the proposal's.
+    min_variance = 1e-6 * jnp.mean(jnp.square(jax.lax.stop_gradient(std)))
 
     def run(key, first_chain, num_local_chains, axes=None):
         """Weight stats of chains first_chain, ..., first_chain + num_local_chains - 1.
@@ -206,7 +219,7 @@ def mcmc_log_px(
             log_q = jax.vmap(
                 _fit_density(
                     centre + mean_dz, cov, density=density, student_t_df=student_t_df,
-                    fit_scale=fit_scale,
+                    fit_scale=fit_scale, min_variance=min_variance,
                 )
             )
             # potential_energy = -log p(z) - log p(x|z) at the new z: no extra pass.
