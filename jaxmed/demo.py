@@ -100,8 +100,9 @@ class DemoConfig:
         about the learning rate per step, so at 1e-3 log sigma would need
         thousands of steps to fall from 0 (sigma = 1) to the few percent of
         the intensity range the reconstructions support.
-      min_noise_std: floor of the learned noise scale, intensity units
-        (1e-3: about a quarter of the template's 8-bit quantisation step).
+      min_noise_std: floor of the learned noise scale, intensity units: the
+        VAE's ``min_scale`` (sigma = min_noise_std + exp(log_scale); 1e-3 is
+        about a quarter of the template's 8-bit quantisation step).
         Unfloored, the scale of pixels that are background in every training
         slice falls to ~1e-7 and signal there costs ~1e14 nats; at 0.01 the
         background is too forgiving to catch motion (AUROC 0.88).
@@ -233,10 +234,11 @@ def demo_config(*, quick: bool = False, **overrides: Any) -> DemoConfig:
 
 
 def model_config(config: DemoConfig):
-    """The VAE's config: the preset's architecture with the demo's likelihood."""
+    """The VAE's config: the preset's architecture with the demo's likelihood and noise floor."""
     from jaxmed.models import PRESETS
 
-    return dataclasses.replace(PRESETS[config.preset], likelihood=config.likelihood)
+    return dataclasses.replace(PRESETS[config.preset], likelihood=config.likelihood,
+                               min_scale=config.min_noise_std)
 
 
 # ----------------------------------------------------------------------------
@@ -414,33 +416,18 @@ def train_vae(config: DemoConfig, data: DemoData, run_dir: str | os.PathLike, *,
     return TrainedVAE(model, params, result.records, run_dir, seconds)
 
 
-def _floor(minimum: float):
-    """A gradient transformation that keeps the parameters at or above ``minimum`` (a projection)."""
-    import optax
-
-    def update(updates, state, params):
-        return jax.tree.map(lambda u, p: jnp.maximum(u, minimum - p), updates, params), state
-
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
-
-
 def _optimizer(optim, config: DemoConfig):
-    """Adam with warm-up and cosine decay; the noise scale faster, and floored.
+    """Adam with warm-up and cosine decay; the noise scale at ``noise_scale_lr_factor`` times the rate.
 
-    The decoder's log sigma trains at ``noise_scale_lr_factor`` times the
-    learning rate and is projected onto ``log sigma >= log(min_noise_std)``
-    after each step.
+    The scale's floor is the model's (``VAEConfig.min_scale``, see :func:`model_config`).
     """
     import optax
 
     from jaxmed.train import make_optimizer
 
     network = make_optimizer(optim, total_steps=config.steps)
-    scale = optax.chain(
-        make_optimizer(dataclasses.replace(optim, learning_rate=optim.learning_rate * config.noise_scale_lr_factor),
-                       total_steps=config.steps),
-        _floor(math.log(config.min_noise_std)),
-    )
+    scale = make_optimizer(dataclasses.replace(optim, learning_rate=optim.learning_rate * config.noise_scale_lr_factor),
+                           total_steps=config.steps)
 
     def labels(params):
         def label(path, _):
@@ -454,10 +441,12 @@ def _optimizer(optim, config: DemoConfig):
 
 def learned_noise_scale(trained: TrainedVAE) -> dict[str, float] | None:
     """The decoder's learned noise standard deviation (min, median, max over pixels), or None."""
-    log_scale = trained.params.get("params", {}).get("log_scale")
-    if log_scale is None:
+    from jaxmed.models import VAE
+    from jaxmed.models.vae import LEARNED_SCALE_LIKELIHOODS
+
+    if trained.model.config.likelihood not in LEARNED_SCALE_LIKELIHOODS:
         return None
-    std = np.exp(np.asarray(log_scale, np.float64))
+    std = np.exp(np.asarray(trained.model.apply(trained.params, method=VAE.noise_log_scale), np.float64))
     return {"min": float(std.min()), "median": float(np.median(std)), "max": float(std.max())}
 
 

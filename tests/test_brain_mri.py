@@ -48,7 +48,7 @@ def test_missing_nilearn_says_how_to_install(monkeypatch):
 def test_default_splits(splits):
     d = splits.description
     assert d["num_slices_with_brain"] == 137
-    assert [len(s["image"]) for s in (splits.train, splits.val, splits.test)] == [73, 20, 20]
+    assert [len(s["image"]) for s in (splits.train, splits.val, splits.test)] == [71, 21, 18]
     for s in (splits.train, splits.val, splits.test):
         n = len(s["slice_index"])
         assert s["image"].shape == (n, 64, 64, 1) and s["image"].dtype == np.float32

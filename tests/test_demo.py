@@ -152,15 +152,12 @@ def test_demo_config_validates():
         DemoConfig(preset="small3d")
 
 
-def test_noise_scale_learns_faster_and_stays_above_its_floor():
-    import math
-
-    import optax
-
-    from jaxmed.demo import _optimizer
+def test_noise_scale_learns_faster_and_the_model_keeps_its_floor():
+    from jaxmed.demo import _optimizer, model_config
     from jaxmed.train import OptimConfig
 
     config = demo_config(steps=100, warmup_steps=0, noise_scale_lr_factor=30.0, min_noise_std=0.01)
+    assert model_config(config).min_scale == 0.01
     tx = _optimizer(OptimConfig(learning_rate=1e-3), config)  # constant rate
     params = {"params": {"log_scale": jnp.full((2,), -4.0), "Dense_0": {"kernel": jnp.zeros((2,))}}}
     state = tx.init(params)
@@ -169,7 +166,3 @@ def test_noise_scale_learns_faster_and_stays_above_its_floor():
     # Adam's first step is -lr * sign(g): 1e-3 for the network, 30 times that for log sigma.
     np.testing.assert_allclose(updates["params"]["Dense_0"]["kernel"], -1e-3, rtol=1e-4)
     np.testing.assert_allclose(updates["params"]["log_scale"], -3e-2, rtol=1e-4)
-    for _ in range(40):
-        updates, state = tx.update(grads, state, params)
-        params = optax.apply_updates(params, updates)
-    np.testing.assert_allclose(params["params"]["log_scale"], math.log(0.01), rtol=1e-6)
