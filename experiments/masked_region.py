@@ -141,33 +141,12 @@ def make_predict(model, *, chunk=64):
     return predict
 
 
-def pixel_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """AUROC as the Mann-Whitney U statistic, in float64 (ties count half).
-
-    ``jaxmed.metrics.auroc`` computes ``n_pos * n_neg`` in int32, which
-    overflows for the ~1e6 pixels of a test set; this host-side version is
-    for those sizes.
-    """
-    scores = np.asarray(scores, np.float64).ravel()
-    labels = np.asarray(labels, bool).ravel()
-    order = np.argsort(scores, kind="stable")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores), np.float64)
-    # Average rank over each run of tied scores.
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    ends = np.r_[starts[1:], len(scores)]
-    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-    n_pos = float(labels.sum())
-    n_neg = float(len(labels)) - n_pos
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def evaluate(prob, lesion, has_lesion):
     """Pixel AUROC, pooled Dice at 0.5 and per-sample AUROC (max probability)."""
     pred = prob >= 0.5
     dice = 2.0 * np.sum(pred & lesion) / max(np.sum(pred) + np.sum(lesion), 1)
     return {
-        "pixel_auroc": pixel_auroc(prob, lesion),
+        "pixel_auroc": float(auroc(jnp.asarray(prob.ravel()), jnp.asarray(lesion.ravel()))),
         "dice": float(dice),
         "sample_auroc": float(auroc(jnp.asarray(prob.reshape(len(prob), -1).max(1)), jnp.asarray(has_lesion))),
     }

@@ -43,21 +43,25 @@ def _run_info(args) -> int:
 def _add_train(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train a VAE or autoencoder, data-parallel, with checkpoints",
+        help="train a VAE, autoencoder or lesion U-Net, data-parallel, with checkpoints",
         description=(
             "Train a model on phantoms, the brain-MRI template or DICOM/NIfTI files, "
             "data-parallel over the local devices (and over processes with "
             "--coordinator). Writes config.json, metrics.jsonl, loss_curve.png and "
             "Orbax checkpoints into --out. A non-empty --out is never overwritten "
             "unless --resume (continue its run) or --force (start over) is given. "
-            "With --resume, options not given are taken from the run's config.json."
+            "With --resume, options not given are taken from the run's config.json. "
+            "--model unet trains a lesion-map network on multi-contrast phantoms with lesion "
+            "masks, plainly or (--masked-regions) with losses on disjoint random regions, "
+            "each computed with one modality blanked."
         ),
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder of the run")
     p.add_argument("--data", metavar="SOURCE",
                    help="phantoms (default), brain-mri, or a DICOM/NIfTI file or folder")
-    p.add_argument("--model", choices=("vae", "autoencoder"), help="model kind (default vae)")
-    p.add_argument("--preset", metavar="NAME", help="model preset (default reference64)")
+    p.add_argument("--model", choices=("vae", "autoencoder", "unet"), help="model kind (default vae)")
+    p.add_argument("--preset", metavar="NAME",
+                   help="model preset (default reference64; lesion64 for unet)")
     p.add_argument("--steps", type=int, metavar="N", help="number of optimiser steps (default 1000)")
     p.add_argument("--batch-size", type=int, metavar="B", help="global batch size (default 64)")
     p.add_argument("--devices", type=int, metavar="D", help="devices of the data-parallel mesh (default all)")
@@ -76,6 +80,11 @@ def _add_train(subparsers) -> None:
     g.add_argument("--beta", type=float, help="weight of the KL term of the VAE (default 1)")
     g.add_argument("--num-train", type=int, metavar="N", help="phantoms: training images (default 2048)")
     g.add_argument("--num-val", type=int, metavar="N", help="validation images (default 256)")
+    g.add_argument("--masked-regions", action="store_true", default=None,
+                   help="unet: masked-region training (one random region per modality, that modality blanked)")
+    g.add_argument("--region-cell", type=int, metavar="PX", help="unet: side of the region cells (default 8)")
+    g.add_argument("--pos-weight", type=float, metavar="W",
+                   help="unet: weight of lesion pixels in the cross-entropy (default 5)")
     g.add_argument("--mixed-precision", action="store_true", default=None,
                    help="compute in bfloat16, keep float32 parameters")
     g = p.add_argument_group("logging, evaluation, checkpoints")
@@ -118,7 +127,8 @@ def _run_train(args) -> int:
         )
         run = update_run_config(
             base, data=args.data, model=args.model, preset=args.preset, beta=args.beta,
-            num_train=args.num_train, num_val=args.num_val,
+            num_train=args.num_train, num_val=args.num_val, masked_regions=args.masked_regions,
+            region_cell=args.region_cell, pos_weight=args.pos_weight,
             optim={"optimizer": args.optimizer, "learning_rate": args.lr, "schedule": args.schedule,
                    "warmup_steps": args.warmup_steps, "weight_decay": args.weight_decay,
                    "grad_clip_norm": args.grad_clip or None},

@@ -286,8 +286,9 @@ def save_preprocessing(run_dir: str | os.PathLike, prep: Preprocessing) -> Path:
 def load_preprocessing(run_dir: str | os.PathLike, *, image_shape: Sequence[int] | None = None) -> Preprocessing:
     """The preprocessing of a run: its ``preprocess.json``, else inferred from ``config.json``.
 
-    Without ``preprocess.json`` (``jaxmed train`` does not write one), the
-    data source recorded in ``config.json`` decides: ``"brain-mri"`` runs get
+    Without ``preprocess.json`` (``jaxmed train`` writes one for scan data,
+    not for phantoms; runs of earlier versions have none), the data source
+    recorded in ``config.json`` decides: ``"brain-mri"`` runs get
     ``method="brain_mri"`` (what :mod:`jaxmed.train.sources` loads), any
     other the ``"minmax"`` default (what ``--data FILES`` does), at the
     model's input size.

@@ -53,10 +53,11 @@ def test_train_on_phantoms_lowers_the_validation_negative_elbo(phantom_run):
 
     # Independent reference numbers on the validation images (numpy).
     data = load_image_splits("phantoms", image_shape=(8, 8, 1), seed=3, num_train=256, num_val=64)
+    train_images, val_images = data.train["image"], data.val["image"]
     d = 8 * 8
     const = 0.5 * d * math.log(2 * math.pi)  # -log N(x | mu, 1) = const + |x - mu|^2 / 2
-    untrained = 0.5 * np.mean(np.sum((data.val - 0.5) ** 2, axis=(1, 2, 3)))  # sigmoid(0) = 0.5 everywhere
-    mean_image = 0.5 * np.mean(np.sum((data.val - data.train.mean(axis=0)) ** 2, axis=(1, 2, 3)))
+    untrained = 0.5 * np.mean(np.sum((val_images - 0.5) ** 2, axis=(1, 2, 3)))  # sigmoid(0) = 0.5 everywhere
+    mean_image = 0.5 * np.mean(np.sum((val_images - train_images.mean(axis=0)) ** 2, axis=(1, 2, 3)))
     final = val[-1] - const
     # Measured: untrained 4.04, mean image 0.223, final 0.236 nats above const.
     assert final < 0.2 * untrained  # clearly lower than a model that knows nothing
@@ -65,7 +66,7 @@ def test_train_on_phantoms_lowers_the_validation_negative_elbo(phantom_run):
     # The loaded model reproduces the logged validation loss (many samples).
     model, params, model_config = load_model(out)
     assert model_config == PRESETS["tiny"]
-    keys = jax.random.split(jax.random.key(9), (len(data.val), 32))
+    keys = jax.random.split(jax.random.key(9), (len(val_images), 32))
 
     @jax.jit
     def mean_neg_elbo(params, images, keys):
@@ -73,7 +74,7 @@ def test_train_on_phantoms_lowers_the_validation_negative_elbo(phantom_run):
                                        in_axes=(None, 0)))
         return jnp.mean(per_sample(images, keys))
 
-    assert float(mean_neg_elbo(params, data.val, keys)) == pytest.approx(val[-1], abs=0.05)
+    assert float(mean_neg_elbo(params, val_images, keys)) == pytest.approx(val[-1], abs=0.05)
     assert "steps 0 -> 300" in printed and "2 device(s)" in printed
 
 
@@ -127,8 +128,8 @@ def test_dicom_folder_source_normalises_and_slices(tmp_path):
     assert sorted(p.split(":")[0] for p in data.problems) == sorted(
         [str(tmp_path / "notes.dcm"), str(tmp_path / "plan.dcm")]
     )
-    images = np.concatenate([data.train, data.val])
-    assert data.val.shape[1:] == (32, 32, 1) and len(data.val) == 2
+    images = np.concatenate([data.train["image"], data.val["image"]])
+    assert data.val["image"].shape[1:] == (32, 32, 1) and len(data.val["image"]) == 2
     # The same pipeline in numpy/pydicom: rescale, clip to percentiles, min-max,
     # linear resize; every image returned is one of these slices.
     ds = pydicom.dcmread(mri)
@@ -143,6 +144,8 @@ def test_dicom_folder_source_normalises_and_slices(tmp_path):
     assert len(images) == len(kept)
     for image in images[..., 0]:
         assert min(np.abs(image - s).max() for s in kept) < 1e-4
+    # What `jaxmed score` will apply to files scored against this run.
+    assert data.preprocessing.method == "minmax" and data.preprocessing.image_size == (32, 32)
 
 
 @pytest.mark.parametrize(
@@ -159,3 +162,61 @@ def test_sources_reject_shapes_they_cannot_give(source, shape, message):
 
     with pytest.raises(ValueError, match=message):
         load_image_splits(source, image_shape=shape, seed=0)
+
+
+def test_training_on_files_records_how_jaxmed_score_must_preprocess(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    from jaxmed.scoring import Preprocessing, load_preprocessing
+
+    mri = get_testdata_file("emri_small.dcm")  # 10 frames of 64x64 MR
+    if mri is None:
+        pytest.skip("pydicom-data's emri_small.dcm is not installed")
+    (tmp_path / "data").mkdir()
+    shutil.copy(mri, tmp_path / "data" / "mr.dcm")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "data"), "--preset", "tiny", "--steps", "2", "--batch-size", "4",
+                 "--num-val", "2", "--eval-every", "0", "--devices", "1", "--no-progress", "--out", str(out)]) == 0
+    stored = json.loads((out / "preprocess.json").read_text())
+    assert load_preprocessing(out) == Preprocessing(image_size=(8, 8)) and stored["method"] == "minmax"
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_train_a_lesion_unet_plainly_and_with_masked_regions(tmp_path, masked):
+    from jaxmed.models import UNET_PRESETS, UNet
+    from jaxmed.train import read_metrics
+    from jaxmed.train.checkpoint import load_model
+    from jaxmed.train.sources import load_image_splits
+
+    out = tmp_path / "unet"
+    argv = ["train", "--model", "unet", "--preset", "tiny", "--steps", "40", "--batch-size", "8", "--lr", "3e-3",
+            "--num-train", "64", "--num-val", "16", "--log-every", "10", "--eval-every", "20", "--devices", "1",
+            "--seed", "1", "--no-progress", "--out", str(out)]
+    assert main(argv + (["--masked-regions"] if masked else [])) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["run"]["masked_regions"] is masked and config["model"]["name"] == "unet"
+    records = read_metrics(out / "metrics.jsonl")
+    # One loss per (region, blanked modality) view: three when masked, one plain.
+    assert sum(k.startswith("view_loss_") for k in records[-1]) == (3 if masked else 1)
+    val = [r["val_loss"] for r in records if "val_loss" in r]
+    assert len(val) == 2 and all(math.isfinite(v) for v in val)
+
+    model, params, model_config = load_model(out)
+    assert isinstance(model, UNet) and model_config == UNET_PRESETS["tiny"]
+    data = load_image_splits("phantoms", image_shape=(16, 16, 3), seed=1, num_train=64, num_val=16,
+                             targets=("lesion_mask",))
+    assert 0 < data.val["lesion_mask"].sum() < data.val["lesion_mask"].size
+    if not masked:
+        # The plain loss, in numpy: lesion-weighted (5x) sigmoid cross-entropy, mean over all pixels.
+        logits = np.asarray(model.apply(params, data.val["image"])[..., 0], np.float64)
+        t = data.val["lesion_mask"]
+        bce = np.maximum(logits, 0) - logits * t + np.log1p(np.exp(-np.abs(logits)))
+        assert val[-1] == pytest.approx(np.mean((1 + 4 * t) * bce), rel=1e-4)
+
+
+def test_masked_regions_need_the_unet():
+    from jaxmed.train.run import RunConfig
+
+    with pytest.raises(ValueError, match="model 'unet'"):
+        RunConfig(model="vae", masked_regions=True)
+    assert RunConfig(model="unet").preset == "lesion64" and RunConfig().preset == "reference64"

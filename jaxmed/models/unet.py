@@ -13,6 +13,8 @@ References:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -143,3 +145,39 @@ class UNet(nn.Module):
             x = ConvBlock(self.features * 2**level, self.norm_groups)(x)
         return nn.Conv(self.out_channels, (1,) * (x.ndim - 2))(x)
 
+
+
+@dataclass(frozen=True, kw_only=True)
+class UNetConfig:
+    """A :class:`UNet` and the images it takes, as ``jaxmed train`` stores it.
+
+    Attributes:
+      image_shape: ``(H, W, M)`` (or ``(D, H, W, M)``): the spatial shape
+        and the number of modalities of one sample.
+      features, depth, norm_groups: as :class:`UNet`.
+    """
+
+    image_shape: tuple[int, ...]
+    features: int = 8
+    depth: int = 3
+    norm_groups: int | None = 8
+
+    def __post_init__(self):
+        object.__setattr__(self, "image_shape", tuple(int(n) for n in self.image_shape))
+        if len(self.image_shape) not in (3, 4) or min(self.image_shape) < 1:
+            raise ValueError(f"image_shape must be (H, W, M) or (D, H, W, M), got {self.image_shape}")
+        factor = 2**self.depth
+        if any(s % factor for s in self.image_shape[:-1]):
+            raise ValueError(f"spatial shape {self.image_shape[:-1]} not divisible by 2**depth = {factor}")
+        self.make_module()  # validates features, depth and norm_groups
+
+    def make_module(self) -> UNet:
+        """The network: ``[N, *image_shape]`` -> lesion logits ``[N, *spatial, 1]``."""
+        return UNet(features=self.features, depth=self.depth, norm_groups=self.norm_groups)
+
+
+# 64x64 T2/ADC/DWI phantoms (experiments/masked_region.py), and a test-sized net.
+UNET_PRESETS: dict[str, UNetConfig] = {
+    "lesion64": UNetConfig(image_shape=(64, 64, 3), features=8, depth=3),
+    "tiny": UNetConfig(image_shape=(16, 16, 3), features=4, depth=1, norm_groups=4),
+}

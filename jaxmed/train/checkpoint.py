@@ -238,7 +238,7 @@ def load_model(run_dir: str | os.PathLike, *, step: int | None = None) -> tuple[
         model_config = model_config_from_dict(name, fields)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: bad model config ({e})") from None
-    model = get_model_spec(name).module(model_config)
+    model = get_model_spec(name).build(model_config)
     with Checkpointer(run_dir, keep=None, create=False) as checkpointer:
         params = checkpointer.restore_params(step=step)
     return model, params, model_config

@@ -14,8 +14,17 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxmed.losses import autoencoder_loss_fn, vae_loss_fn
-from jaxmed.models import AUTOENCODER_PRESETS, PRESETS, VAE, Autoencoder, AutoencoderConfig, VAEConfig
+from jaxmed.losses import LesionLossConfig, autoencoder_loss_fn, make_lesion_loss, vae_loss_fn
+from jaxmed.models import (
+    AUTOENCODER_PRESETS,
+    PRESETS,
+    UNET_PRESETS,
+    VAE,
+    Autoencoder,
+    AutoencoderConfig,
+    UNetConfig,
+    VAEConfig,
+)
 from jaxmed.train.config import config_from_dict
 from jaxmed.train.step import LossFn
 
@@ -24,19 +33,25 @@ class ModelSpec(NamedTuple):
     """How the trainer builds, initialises and trains one kind of model.
 
     Attributes:
-      module: the Flax module class, built as ``module(config)``.
-      config: its frozen config dataclass.
+      build: ``build(config) -> flax.linen.Module``.
+      config: its frozen config dataclass (with an ``image_shape`` field).
       presets: named configs.
+      default_preset: the preset used when none is named.
       init: ``init(key, model, x) -> params`` for a batch ``x`` of one image.
-      loss_fn: ``loss_fn(model, *, beta) -> LossFn`` (``beta`` is ignored by
-        models without a KL term).
+      loss_fn: ``loss_fn(model, config, run) -> LossFn``: the training loss,
+        from the model, its config and the :class:`jaxmed.train.run.RunConfig`
+        (its ``beta`` for a VAE, its lesion-loss fields for a U-Net).
+      targets: batch entries besides ``"image"`` that the loss needs (the
+        data source must provide them).
     """
 
-    module: type
+    build: Callable[[Any], Any]
     config: type
     presets: dict[str, Any]
+    default_preset: str
     init: Callable[[jax.Array, Any, jax.Array], Any]
-    loss_fn: Callable[..., LossFn]
+    loss_fn: Callable[[Any, Any, Any], LossFn]
+    targets: tuple[str, ...] = ()
 
 
 def _init_vae(key: jax.Array, model: VAE, x: jax.Array) -> Any:
@@ -44,18 +59,29 @@ def _init_vae(key: jax.Array, model: VAE, x: jax.Array) -> Any:
     return model.init(param_key, x, sample_key)
 
 
-def _init_autoencoder(key: jax.Array, model: Autoencoder, x: jax.Array) -> Any:
+def _init_plain(key: jax.Array, model: Any, x: jax.Array) -> Any:
     return model.init(key, x)
+
+
+def _lesion_loss(model: Any, config: UNetConfig, run: Any) -> LossFn:
+    loss_config = LesionLossConfig(masked=run.masked_regions, cell=run.region_cell, pos_weight=run.pos_weight)
+    return make_lesion_loss(model.apply, loss_config, shape=config.image_shape[:-1],
+                            num_modalities=config.image_shape[-1])
 
 
 MODELS: dict[str, ModelSpec] = {
     "vae": ModelSpec(
-        module=VAE, config=VAEConfig, presets=PRESETS, init=_init_vae,
-        loss_fn=lambda model, *, beta=1.0: vae_loss_fn(model, beta=beta),
+        build=VAE, config=VAEConfig, presets=PRESETS, default_preset="reference64", init=_init_vae,
+        loss_fn=lambda model, config, run: vae_loss_fn(model, beta=run.beta),
     ),
     "autoencoder": ModelSpec(
-        module=Autoencoder, config=AutoencoderConfig, presets=AUTOENCODER_PRESETS,
-        init=_init_autoencoder, loss_fn=lambda model, *, beta=1.0: autoencoder_loss_fn(model),
+        build=Autoencoder, config=AutoencoderConfig, presets=AUTOENCODER_PRESETS, default_preset="reference64",
+        init=_init_plain, loss_fn=lambda model, config, run: autoencoder_loss_fn(model),
+    ),
+    # Lesion maps from multi-modal images: plain or masked-region training (jaxmed.losses).
+    "unet": ModelSpec(
+        build=UNetConfig.make_module, config=UNetConfig, presets=UNET_PRESETS, default_preset="lesion64",
+        init=_init_plain, loss_fn=_lesion_loss, targets=("lesion_mask",),
     ),
 }
 

@@ -3,8 +3,9 @@
 ``train_model(run, out_dir)`` loads the images, builds the model and the
 optimiser, trains data-parallel over a device mesh with checkpoints, and
 leaves in ``out_dir``: ``config.json`` (the :class:`RunConfig`, the model's
-config and the data description), ``metrics.jsonl``, ``loss_curve.png`` and
-``checkpoints/``. :func:`jaxmed.train.checkpoint.load_model` reads it back.
+config and the data description), ``preprocess.json`` (for scans: how
+``jaxmed score`` turns a volume into inputs like the training images),
+``metrics.jsonl``, ``loss_curve.png`` and ``checkpoints/``. :func:`jaxmed.train.checkpoint.load_model` reads it back.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import jax
 import numpy as np
 
 import jaxmed
+from jaxmed.scoring import PREPROCESS_FILE, save_preprocessing
 from jaxmed.train.checkpoint import CHECKPOINT_SUBDIR, CONFIG_FILE, Checkpointer, load_config, save_config
 from jaxmed.train.config import OptimConfig, TrainConfig, config_from_dict
 from jaxmed.train.loop import FitResult, fit, make_evaluator
@@ -34,7 +36,7 @@ from jaxmed.train.step import make_eval_step, make_train_step
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
 # Files a run writes; --force removes exactly these.
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, LOSS_CURVE_FILE, CHECKPOINT_SUBDIR)
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, LOSS_CURVE_FILE, PREPROCESS_FILE, CHECKPOINT_SUBDIR)
 
 # Streams of the run seed (jax.random.fold_in): init, steps, evaluation.
 _INIT_STREAM, _STEP_STREAM, _EVAL_STREAM = 0, 1, 2
@@ -52,29 +54,45 @@ class RunConfig:
       data: ``"phantoms"``, ``"brain-mri"`` or a path (see
         :func:`jaxmed.train.sources.load_image_splits`).
       model: a key of :data:`jaxmed.train.registry.MODELS`.
-      preset: a preset of that model.
+      preset: a preset of that model; ``""``: the model's default preset.
       beta: weight of the KL term (VAE only).
       num_train: phantoms: number of training images.
       num_val: number of validation images.
+      masked_regions: U-Net only: masked-region training
+        (:class:`jaxmed.losses.LesionLossConfig` ``masked=True``): per step,
+        each sample is split into one random region per modality, and the loss
+        on region ``v`` sees modality ``v`` blanked; False: plain per-pixel loss.
+      region_cell: U-Net only: side of the random regions' square cells, pixels.
+      pos_weight: U-Net only: weight of lesion pixels in the cross-entropy.
       optim: the optimiser.
       train: steps, batch size, seed, periods, devices.
     """
 
     data: str = "phantoms"
     model: str = "vae"
-    preset: str = "reference64"
+    preset: str = ""
     beta: float = 1.0
     num_train: int = 2048
     num_val: int = 256
+    masked_regions: bool = False
+    region_cell: int = 8
+    pos_weight: float = 5.0
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
+        if not self.preset:
+            object.__setattr__(self, "preset", get_model_spec(self.model).default_preset)
         get_preset(self.model, self.preset)  # raises for unknown names
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
         if self.num_train < 1 or self.num_val < 1:
             raise ValueError(f"num_train and num_val must be >= 1, got {self.num_train}, {self.num_val}")
+        if self.masked_regions and self.model != "unet":
+            raise ValueError(f"masked-region training is for lesion maps (model 'unet'), not {self.model!r}")
+        if self.region_cell < 1 or not self.pos_weight > 0:
+            raise ValueError(f"region_cell must be >= 1 and pos_weight > 0, got {self.region_cell}, "
+                             f"{self.pos_weight}")
 
 
 def _prepare_dir(out_dir: Path, run: RunConfig, *, resume: bool, force: bool) -> bool:
@@ -181,17 +199,16 @@ def _init_params(spec, model, key: jax.Array, x: np.ndarray) -> Any:
     return init.compile(compiler_options={"xla_backend_optimization_level": 0})(key, x)
 
 
-def _eval_batches(images: np.ndarray, *, batch_size: int, num_devices: int) -> list[dict[str, np.ndarray]]:
+def _eval_batches(data: dict[str, np.ndarray], *, batch_size: int, num_devices: int) -> list[dict[str, np.ndarray]]:
     # Equal batches divisible by the device count; the remainder (fewer than
     # one batch) is not evaluated, so the mean is over equal-size batches.
-    size = min(batch_size, (len(images) // num_devices) * num_devices)
+    n = len(data["image"])
+    size = min(batch_size, (n // num_devices) * num_devices)
     if size < 1:
-        raise ValueError(
-            f"the validation set ({len(images)} images) is smaller than the number of devices ({num_devices})"
-        )
+        raise ValueError(f"the validation set ({n} images) is smaller than the number of devices ({num_devices})")
     rows = slice(size * jax.process_index() // jax.process_count(),
                  size * (jax.process_index() + 1) // jax.process_count())
-    return [{"image": images[i : i + size][rows]} for i in range(0, len(images) - size + 1, size)]
+    return [{k: v[i : i + size][rows] for k, v in data.items()} for i in range(0, n - size + 1, size)]
 
 
 def train_model(
@@ -235,18 +252,17 @@ def train_model(
     root = jax.random.key(cfg.seed)
 
     data = load_image_splits(run.data, image_shape=tuple(model_config.image_shape), seed=cfg.seed,
-                             num_train=run.num_train, num_val=run.num_val)
-    if len(data.train) < cfg.batch_size:
-        raise ValueError(
-            f"the batch size ({cfg.batch_size}) is larger than the training set ({len(data.train)} images)"
-        )
+                             num_train=run.num_train, num_val=run.num_val, targets=spec.targets)
+    num_train = len(data.train["image"])
+    if num_train < cfg.batch_size:
+        raise ValueError(f"the batch size ({cfg.batch_size}) is larger than the training set ({num_train} images)")
     mesh = make_mesh(cfg.devices)
     if cfg.batch_size % mesh.size:
         raise ValueError(f"the batch size ({cfg.batch_size}) must be divisible by the number of devices ({mesh.size})")
 
-    model = spec.module(model_config)
-    loss_fn = spec.loss_fn(model, beta=run.beta)
-    params = _init_params(spec, model, jax.random.fold_in(root, _INIT_STREAM), data.train[:1])
+    model = spec.build(model_config)
+    loss_fn = spec.loss_fn(model, model_config, run)
+    params = _init_params(spec, model, jax.random.fold_in(root, _INIT_STREAM), data.train["image"][:1])
     tx = make_optimizer(run.optim, total_steps=cfg.steps)
     state = TrainState.create(params=params, tx=tx, key=jax.random.fold_in(root, _STEP_STREAM))
     state = replicate(state, mesh)
@@ -261,15 +277,15 @@ def train_model(
         "model": {"name": run.model, "preset": run.preset, "config": model_config_to_dict(model_config)},
         "data": data.description,
     })
+    if data.preprocessing is not None and jax.process_index() == 0:
+        save_preprocessing(out_dir, data.preprocessing)
 
     from jaxmed.data.batching import batch_indices
 
-    train_images = data.train
-
     def batch_fn(step: int) -> dict[str, np.ndarray]:
-        rows = batch_indices(step, num_examples=len(train_images), batch_size=cfg.batch_size, seed=cfg.seed,
+        rows = batch_indices(step, num_examples=num_train, batch_size=cfg.batch_size, seed=cfg.seed,
                              process_index=jax.process_index(), process_count=jax.process_count())
-        return {"image": train_images[rows]}
+        return {k: v[rows] for k, v in data.train.items()}
 
     evaluator = make_evaluator(
         jit_eval_step(make_eval_step(loss_fn, mixed_precision=cfg.mixed_precision), mesh),
