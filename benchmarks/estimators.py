@@ -257,6 +257,12 @@ def main(argv=None):
         compile_s, estimate = _timed(lambda: estimator(jax.random.key(0), model, xs))
         ours, theirs, ratios = [], [], []
         baseline = None
+        if method == "mcmc":
+            # Warm-up, as ours is compiled above: NumPyro's first MCMC run in a
+            # process costs ~17 s once; later images cost ~1 s of tracing each.
+            _numpyro_mcmc_per_image(jax.random.key(99), model, images[:1], num_warmup=args.mcmc_warmup,
+                                    num_samples=args.mcmc_samples, num_chains=args.mcmc_chains,
+                                    max_tree_depth=args.max_tree_depth)
         rounds = args.slow_rounds if method in ("ais", "mcmc") else args.rounds
         for r in range(rounds):
             t, estimate = _timed(lambda: estimator(jax.random.key(r + 1), model, xs))
