@@ -40,7 +40,6 @@ import time
 from functools import partial
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxmed.likelihood import log_px

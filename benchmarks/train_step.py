@@ -52,7 +52,6 @@ def _parse(argv):
 
 def _torch_vae(cfg):
     """The preset's network in PyTorch (2D presets with uniform strides only)."""
-    import torch
     from torch import nn
 
     if cfg.spatial_rank != 2:

@@ -24,20 +24,20 @@ Command::
     python experiments/estimator_comparison.py [OUT_DIR]   # default estimator-comparison/
 
 writes ``OUT_DIR/table.md``, ``OUT_DIR/table.csv`` and ``OUT_DIR/comparison.png``
-(RMSE against time per image). Runtime: about 30 minutes on 2 CPU cores shared
-with other jobs (load average ~7); the VAE's MCMC and long AIS runs dominate.
+(RMSE against time per image). Runtime: about 5 minutes on 2 idle CPU cores
+(30 under load); the VAE's MCMC and long AIS runs dominate.
 
-Expected (seed 0; measured figures, RMSE in nats):
+Expected (seed 0; measured 2026-11-23 on the idle machine, RMSE in nats):
 
 - linear-gaussian: importance sampling is unbiased within its spread from
   K = 100 (bias -0.014, spread 0.22) and reaches RMSE 0.033 at K = 10000; AIS from
-  q(z|x) with 16 chains 0.12 at T = 100 and 0.04 at T = 1000; MCMC 0.007 at
+  q(z|x) with 16 chains 0.12 at T = 100 and 0.043 at T = 1000; MCMC 0.008 at
   N = 1000; ``mc`` is off by +6.6 nats at every K (it estimates log E_q[p(x|z)]);
   ``match`` ranks examples with Spearman 0.67 against log p(x).
-- vae: the IWAE bound is far below the reference (bias -3.1 nats at K = 10,
-  -0.9 at K = 10000: the encoder misses part of the posterior); AIS from q with 8
-  chains has bias -0.23 at T = 10 and -0.01 at T = 300; MCMC (NUTS) RMSE 0.07 at
-  N = 200; ``mc`` +10 nats. The reference's BDMC gap is +0.05 +- 0.11 nats.
+- vae: the IWAE bound is far below the reference (bias -3.6 nats at K = 10,
+  -1.1 at K = 10000: the encoder misses part of the posterior); AIS from q with 8
+  chains has bias -0.20 at T = 10 and -0.009 at T = 300; MCMC (NUTS) RMSE 0.10 at
+  N = 200; ``mc`` +9.9 nats. The reference's BDMC gap is +0.021 +- 0.087 nats.
 """
 
 from __future__ import annotations

@@ -47,8 +47,8 @@ def _add_train(subparsers) -> None:
         description=(
             "Train a model on phantoms, the brain-MRI template or DICOM/NIfTI files, "
             "data-parallel over the local devices (and over processes with "
-            "--coordinator). Writes config.json, metrics.jsonl, loss_curve.png and "
-            "Orbax checkpoints into --out. A non-empty --out is never overwritten "
+            "--coordinator). Writes config.json, metrics.jsonl, loss_curve.png, "
+            "preprocess.json (for scan data) and Orbax checkpoints into --out. A non-empty --out is never overwritten "
             "unless --resume (continue its run) or --force (start over) is given. "
             "With --resume, options not given are taken from the run's config.json. "
             "--model unet trains a lesion-map network on multi-contrast phantoms with lesion "
@@ -68,7 +68,7 @@ def _add_train(subparsers) -> None:
     p.add_argument("--seed", type=int, metavar="S", help="seed of init, data order and sampling (default 0)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--force", action="store_true",
-                   help="start over in a non-empty --out (deletes its checkpoints, config.json and metrics)")
+                   help="start over in a non-empty --out (deletes the run's files listed above, nothing else)")
     g = p.add_argument_group("optimiser")
     g.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), help="default adam")
     g.add_argument("--lr", type=float, metavar="LR", help="peak learning rate (default 1e-3)")

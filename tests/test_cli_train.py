@@ -100,7 +100,7 @@ def test_resume_refuses_changed_settings(phantom_run, capsys):
 
 
 def test_force_deletes_only_the_run_files(tmp_path, capsys):
-    for name in ("config.json", "metrics.jsonl", "loss_curve.png"):
+    for name in ("config.json", "metrics.jsonl", "loss_curve.png", "preprocess.json"):
         (tmp_path / name).write_text("{}")
     (tmp_path / "checkpoints" / "5").mkdir(parents=True)
     (tmp_path / "notes.txt").write_text("keep me")

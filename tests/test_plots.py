@@ -1,6 +1,5 @@
 """The figure writers produce real PNG files of the expected pixel size."""
 
-import numpy as np
 from matplotlib.image import imread
 
 from jaxmed.plots import plot_curves, plot_image_grid, plot_roc_curves, plot_score_histograms

@@ -109,7 +109,7 @@ def random_partition_regions(
     cells = tuple(-(-s // cell) for s in shape)
     labels = jax.random.permutation(key, math.prod(cells)) % num_views
     labels = labels.reshape(cells)
-    for axis, s in enumerate(shape):
+    for axis in range(len(shape)):
         labels = jnp.repeat(labels, cell, axis=axis, total_repeat_length=cells[axis] * cell)
     labels = labels[tuple(slice(0, s) for s in shape)]
     return _one_hot_views(labels, num_views)
