@@ -971,7 +971,12 @@ def run_demo(
     write_results(out_dir, test, columns)
 
     t = time.perf_counter()
-    shown = np.asarray([np.flatnonzero(test.groups == g)[0] for g in dict.fromkeys(test.groups)])
+    # The grid shows one normal slice, the one with the median score (representative, not the
+    # best or worst reconstructed), and its corrupted copies.
+    normal_rows = np.flatnonzero(test.groups == "normal")
+    example = test.source[normal_rows[np.argsort(normality["importance"][normal_rows])[len(normal_rows) // 2]]]
+    shown = np.asarray([np.flatnonzero((test.groups == g) & (test.source == example))[0]
+                        for g in dict.fromkeys(test.groups)])
     figures = write_figures(out_dir, test=test, normality=normality, pca=pca, threshold=calibration.threshold,
                             reconstructions=reconstruct(trained, test.images[shown]), rows=shown,
                             records=trained.records)
