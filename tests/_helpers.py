@@ -30,3 +30,12 @@ def numpy_params(model, rng, *example_args):
         return jnp.asarray(rng.normal(size=leaf.shape) / math.sqrt(fan_in), leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def scipy_exact_log_px(model, xs):
+    """log p(x) of a :class:`jaxmed.models.LinearGaussian` by scipy (marginal N(b, W W^T + s^2 I)), float64."""
+    import numpy as np
+    import scipy.stats
+
+    w, b, s = (np.asarray(a, np.float64) for a in (model.weight, model.bias, model.noise_std))
+    return scipy.stats.multivariate_normal(b, w @ w.T + s**2 * np.eye(len(b))).logpdf(np.asarray(xs, np.float64))

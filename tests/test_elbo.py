@@ -12,7 +12,7 @@ from _helpers import numpy_params
 
 from jaxmed.losses import negative_elbo, vae_loss_fn
 from jaxmed.models import PRESETS, VAE, VAEConfig
-from jaxmed.models.observation import kl_to_standard_normal
+from jaxmed.likelihood import kl_to_standard_normal
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -60,7 +60,7 @@ def test_kl_closed_form_matches_monte_carlo(rng):
     log_q = (-0.5 * ((z - mean) / np.exp(log_scale)) ** 2 - log_scale - 0.5 * LOG_2PI).sum(-1)
     log_p = (-0.5 * z**2 - 0.5 * LOG_2PI).sum(-1)
     mc = np.mean(log_q - log_p)
-    closed = jax.jit(kl_to_standard_normal)(jnp.asarray(mean, jnp.float32), jnp.asarray(log_scale, jnp.float32))
+    closed = jax.jit(kl_to_standard_normal)(jnp.asarray(mean, jnp.float32), jnp.exp(jnp.asarray(log_scale, jnp.float32)))
     np.testing.assert_allclose(closed, mc, rtol=0.01)
     np.testing.assert_allclose(closed, 0.5 * (mean**2 + np.exp(2 * log_scale) - 1 - 2 * log_scale).sum(), rtol=1e-6)
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.stats
+from _helpers import scipy_exact_log_px
 
 from jaxmed.likelihood import (
     ais_kernel,
@@ -27,9 +27,7 @@ def model():
     )
 
 
-def _exact(model, xs):
-    w, b, s = (np.asarray(a, np.float64) for a in (model.weight, model.bias, model.noise_std))
-    return scipy.stats.multivariate_normal(b, w @ w.T + s**2 * np.eye(len(b))).logpdf(np.asarray(xs))
+_exact = scipy_exact_log_px
 
 
 def test_bdmc_forward_converges_and_bounds_sandwich_exact_log_px(model):

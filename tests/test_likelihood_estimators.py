@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import scipy_exact_log_px
 import scipy.stats
 from numpyro.infer.importance import _psis_khat
 
@@ -42,9 +43,7 @@ def xs(model):
     return xs
 
 
-def _exact(model, xs):
-    w, b, s = (np.asarray(a, np.float64) for a in (model.weight, model.bias, model.noise_std))
-    return scipy.stats.multivariate_normal(b, w @ w.T + s**2 * np.eye(len(b))).logpdf(np.asarray(xs))
+_exact = scipy_exact_log_px
 
 
 def test_importance_converges_to_exact_log_px(model, xs):

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import scipy_exact_log_px
 import scipy.stats
 
 from jaxmed.likelihood import log_px, mcmc_log_px
@@ -24,8 +25,7 @@ def problem():
         proposal_shift=0.3, proposal_scale=1.5,
     )
     _, xs = jax.vmap(model.sample)(jax.random.split(jax.random.key(6), 4))
-    w, b, s = (np.asarray(a, np.float64) for a in (model.weight, model.bias, model.noise_std))
-    exact = scipy.stats.multivariate_normal(b, w @ w.T + s**2 * np.eye(6)).logpdf(np.asarray(xs))
+    exact = scipy_exact_log_px(model, xs)
     return model, xs, exact
 
 
@@ -103,6 +103,8 @@ def test_bad_options_are_rejected(problem):
         run(num_samples=10, num_chains=4)
     with pytest.raises(ValueError, match="algo must be one of"):
         run(num_samples=8, algo="MALA")
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        run(num_samples=8, chunk_size=0)
     with pytest.raises(ValueError, match="density must be one of"):
         run(num_samples=8, density="laplace")
     with pytest.raises(ValueError, match="student_t_df must be > 2"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 from jax import Array
 from jax.sharding import Mesh
@@ -10,6 +12,31 @@ from jaxmed.likelihood import _reduce
 from jaxmed.likelihood._gaussian import diag_normal_sample
 from jaxmed.likelihood.diagnostics import Diagnostics
 from jaxmed.likelihood.interface import LatentVariableModel
+
+
+def _proposal_estimate(
+    key: Array,
+    x: Array,
+    model: LatentVariableModel,
+    log_weight: Callable[[Array, Array], Array],
+    *,
+    method: str,
+    num_samples: int,
+    chunk_size: int | None,
+    return_diagnostics: bool,
+    mesh: Mesh | None,
+) -> Array | tuple[Array, Diagnostics]:
+    """log (1/N) sum_i w_i with ``w_i = log_weight(z_i, log q(z_i|x))``, z_i ~ q(z|x)."""
+    _reduce.validate_sampling(num_samples, chunk_size, method)
+    mean, std = model.proposal(x)  # x is encoded once, outside the sample loop
+
+    def one(key):
+        return log_weight(*diag_normal_sample(key, mean, std))
+
+    return _reduce.log_mean_estimate(
+        jax.vmap(one), key, num_samples=num_samples, chunk_size=chunk_size,
+        return_diagnostics=return_diagnostics, mesh=mesh,
+    )
 
 
 def importance_log_px(
@@ -46,15 +73,9 @@ def importance_log_px(
     References:
         Burda, Grosse, Salakhutdinov (2016). Importance weighted autoencoders. ICLR.
     """
-    _reduce.validate_sampling(num_samples, chunk_size, "importance")
-    mean, std = model.proposal(x)  # x is encoded once, outside the sample loop
-
-    def log_weight(key):
-        z, log_q = diag_normal_sample(key, mean, std)
-        return model.log_prior(z) + model.log_likelihood(x, z) - log_q
-
-    return _reduce.log_mean_estimate(
-        jax.vmap(log_weight), key, num_samples=num_samples, chunk_size=chunk_size,
+    return _proposal_estimate(
+        key, x, model, lambda z, log_q: model.log_prior(z) + model.log_likelihood(x, z) - log_q,
+        method="importance", num_samples=num_samples, chunk_size=chunk_size,
         return_diagnostics=return_diagnostics, mesh=mesh,
     )
 
@@ -96,14 +117,8 @@ def mc_log_px(
         An & Cho (2015). Variational autoencoder based anomaly detection using
         reconstruction probability. SNU Data Mining Center, Special Lecture on IE.
     """
-    _reduce.validate_sampling(num_samples, chunk_size, "mc")
-    mean, std = model.proposal(x)
-
-    def log_weight(key):
-        z, _ = diag_normal_sample(key, mean, std)
-        return model.log_likelihood(x, z)
-
-    return _reduce.log_mean_estimate(
-        jax.vmap(log_weight), key, num_samples=num_samples, chunk_size=chunk_size,
+    return _proposal_estimate(
+        key, x, model, lambda z, log_q: model.log_likelihood(x, z),
+        method="mc", num_samples=num_samples, chunk_size=chunk_size,
         return_diagnostics=return_diagnostics, mesh=mesh,
     )

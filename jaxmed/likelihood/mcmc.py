@@ -155,8 +155,7 @@ def mcmc_log_px(
     Returns:
         log p(x) in nats, a scalar; and the diagnostics if asked.
     """
-    del chunk_size
-    _reduce.validate_sampling(num_samples, None, "mcmc")
+    _reduce.validate_sampling(num_samples, chunk_size, "mcmc")
     num_fit_samples = num_samples if num_fit_samples is None else num_fit_samples
     _validate(num_samples, num_chains, num_warmup, num_fit_samples, algo, density, student_t_df, fit_scale, mesh)
     samples_per_chain = num_samples // num_chains

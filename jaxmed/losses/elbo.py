@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxmed.models.autoencoder import Autoencoder
-from jaxmed.models.observation import LIKELIHOODS, kl_to_standard_normal
+from jaxmed.likelihood import kl_to_standard_normal
+from jaxmed.models.observation import LIKELIHOODS
 from jaxmed.models.vae import VAE
 
 Array = jax.Array
@@ -48,7 +49,7 @@ def negative_elbo(
     """
     out = model.apply(params, x, key)
     nll = -LIKELIHOODS[model.config.likelihood](x, out["decoded"])
-    kl = kl_to_standard_normal(out["mean"], out["log_scale"])
+    kl = kl_to_standard_normal(out["mean"], jnp.exp(out["log_scale"]))
     return nll + beta * kl, {"nll": nll, "kl": kl}
 
 
@@ -92,12 +93,11 @@ def autoencoder_loss_fn(model: Autoencoder) -> LossFn:
       ``"loss"`` and ``"mse"``.
     """
 
-    def per_example(params, x):
-        return jnp.mean(jnp.square(model.apply(params, x) - x))
-
     def loss_fn(params, batch, key):
         del key
-        loss = jnp.mean(jax.vmap(per_example, in_axes=(None, 0))(params, batch["image"]))
+        images = batch["image"]
+        # Equal-size images: the mean over images and pixels at once.
+        loss = jnp.mean(jnp.square(model.apply(params, images) - images))
         return loss, {"loss": loss, "mse": loss}
 
     return loss_fn

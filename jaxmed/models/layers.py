@@ -188,17 +188,6 @@ def _winograd_output(m: list[Array], first_spatial_axis: int) -> Array:
     return m[0]
 
 
-def _winograd_forward(x: Array, kernel: Array) -> tuple[Array, list[Array]]:
-    rank = x.ndim - 2
-    out = [n - 1 for n in x.shape[1:-1]]
-    tiles = [-(-o // 2) for o in out]
-    u = _winograd_input(x, tiles)
-    g = _winograd_filter(kernel, rank)
-    m = [jnp.einsum("...c,co->...o", a, b) for a, b in zip(u, g)]
-    y = _winograd_output(m, 1)
-    return y[(slice(None), *(slice(0, o) for o in out))], u
-
-
 def _conv2_winograd(x: Array, kernel: Array) -> Array:
     """Stride-1 VALID convolution with a kernel of 2 taps per axis, Winograd F(2, 2).
 
@@ -225,7 +214,12 @@ def _conv2_winograd(x: Array, kernel: Array) -> Array:
       A. Lavin and S. Gray, "Fast Algorithms for Convolutional Neural
       Networks", CVPR 2016.
     """
-    return _winograd_forward(x, kernel)[0]
+    rank = x.ndim - 2
+    out = [n - 1 for n in x.shape[1:-1]]
+    tiles = [-(-o // 2) for o in out]
+    g = _winograd_filter(kernel, rank)
+    m = [jnp.einsum("...c,co->...o", a, b) for a, b in zip(_winograd_input(x, tiles), g)]
+    return _winograd_output(m, 1)[(slice(None), *(slice(0, o) for o in out))]
 
 
 def _conv_stride1(x: Array, kernel: Array, *, method: str) -> Array:
@@ -339,18 +333,18 @@ def strided_conv(
     return _conv_stride1(y, kernel, method=_STRIDE1_METHOD[impl])
 
 
-def _transpose_phases(k: int, s: int) -> tuple[int, list[int], list[int], int]:
+def _transpose_phases(k: int, s: int) -> tuple[int, list[int], list[int]]:
     """Per-phase tap layout of a ``"SAME"`` transposed convolution along one axis.
 
     Output ``o = s m + r`` is ``sum_t w[k0_r + s t] x[m + d0_r + t]``.
 
     Returns:
-      ``(taps, k0, d0, pad_lo)`` with ``taps = ceil(k / s)``.
+      ``(taps, k0, d0)`` with ``taps = ceil(k / s)``.
     """
     pad_a = k - 1 if s > k - 1 else -(-(k + s - 2) // 2)  # lax._conv_transpose_padding
     k0 = [(pad_a - r) % s for r in range(s)]
     d0 = [(r + k0[r] - pad_a) // s for r in range(s)]
-    return -(-k // s), k0, d0, pad_a
+    return -(-k // s), k0, d0
 
 
 def conv_transpose(
@@ -383,7 +377,7 @@ def conv_transpose(
     # One kernel holding every phase: (t_1.., c_in, (r_1.., c_out)).
     w = kernel
     for axis in reversed(range(rank)):
-        t, k0, _, _ = layouts[axis]
+        t, k0, _ = layouts[axis]
         s = strides[axis]
         w = jnp.pad(w, [(0, 0)] * axis + [(0, s * t + s)] + [(0, 0)] * (w.ndim - axis - 1))
         index = np.array([[k0[r] + s * j for j in range(t)] for r in range(s)])
@@ -394,13 +388,13 @@ def conv_transpose(
     w = w.transpose(perm).reshape(*taps, c_in, math.prod(strides) * c_out)
     spatial = x.shape[1:-1]
     pads = [
-        (max(0, -min(d0)), max(0, max(d0) + t - 1)) for (t, _, d0, _) in layouts
+        (max(0, -min(d0)), max(0, max(d0) + t - 1)) for (t, _, d0) in layouts
     ]
     y = _conv_stride1(jnp.pad(x, [(0, 0), *pads, (0, 0)]), w, method=_STRIDE1_METHOD[impl])
     y = y.reshape(*y.shape[:-1], *strides, c_out)
     # Interleave axis by axis: phase r of axis i is read from offset d0_r + pad_lo.
     for axis in range(rank):
-        _, _, d0, _ = layouts[axis]
+        _, _, d0 = layouts[axis]
         lo = pads[axis][0]
         n = spatial[axis]
         # The phase axes of earlier spatial axes are consumed: this one is at 1 + rank.

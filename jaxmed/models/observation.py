@@ -6,9 +6,8 @@ output for one latent (a dict of arrays shaped like ``x``, see
 over pixels. The constants live in NumPyro's distributions, so training (the
 ELBO) and evaluation (the log p(x) estimators) share one copy of each.
 
-The prior and the KL term use :func:`standard_normal_log_prob` and
-:func:`kl_to_standard_normal` from here too: the formulas of
-:mod:`jaxmed.likelihood`, on inputs cast to at least float32.
+The prior and the KL term are :func:`jaxmed.likelihood.standard_normal_log_prob`
+and :func:`jaxmed.likelihood.kl_to_standard_normal`.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
-from jaxmed import likelihood
 from jaxmed.models.layers import at_least_f32
 
 Array = jax.Array
@@ -39,8 +37,7 @@ def gaussian_unit_log_prob(x: Array, out: DecoderOutput) -> Array:
     Returns:
       Scalar log-density in nats.
     """
-    x, mean = at_least_f32(x), at_least_f32(out["mean"])
-    return dist.Normal(mean, jnp.ones_like(mean)).log_prob(x).sum()
+    return gaussian_log_prob(x, {"mean": out["mean"], "log_scale": jnp.zeros(())})
 
 
 def gaussian_log_prob(x: Array, out: DecoderOutput) -> Array:
@@ -82,28 +79,3 @@ LIKELIHOODS: dict[str, Callable[[Array, DecoderOutput], Array]] = {
     "gaussian_learned_global": gaussian_log_prob,
     "bernoulli": bernoulli_log_prob,
 }
-
-
-def standard_normal_log_prob(z: Array) -> Array:
-    """log N(z; 0, I) of one latent vector.
-
-    Args:
-      z: ``(latent_dim,)``.
-
-    Returns:
-      Scalar log-density in nats.
-    """
-    return likelihood.standard_normal_log_prob(at_least_f32(z))
-
-
-def kl_to_standard_normal(mean: Array, log_scale: Array) -> Array:
-    """KL( N(mean, diag(exp(log_scale))**2) || N(0, I) ) of one latent, closed form.
-
-    Args:
-      mean: ``(latent_dim,)``.
-      log_scale: ``(latent_dim,)``, natural log of the standard deviation.
-
-    Returns:
-      Scalar KL divergence in nats.
-    """
-    return likelihood.kl_to_standard_normal(at_least_f32(mean), jnp.exp(at_least_f32(log_scale)))

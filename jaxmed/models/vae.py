@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmed.likelihood._gaussian import diag_normal_sample
 from jaxmed.models.layers import OUTPUT_ACTIVATIONS, TrunkConfig, at_least_f32, flatten_batch
 from jaxmed.models.observation import LIKELIHOODS
 
@@ -202,5 +203,5 @@ class VAE(nn.Module):
           :meth:`decode` at z.
         """
         mean, log_scale = self.encode(x)
-        z = mean + jnp.exp(log_scale) * jax.random.normal(key, mean.shape, mean.dtype)
+        z, _ = diag_normal_sample(key, mean, jnp.exp(log_scale))
         return {"mean": mean, "log_scale": log_scale, "z": z, "decoded": self.decode(z)}

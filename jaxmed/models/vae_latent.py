@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxmed.models.observation import standard_normal_log_prob
+from jaxmed.likelihood import standard_normal_log_prob
 from jaxmed.models.vae import VAE
 
 Array = jax.Array
