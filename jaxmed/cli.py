@@ -41,6 +41,8 @@ def _run_info(args) -> int:
 
 
 def _add_train(subparsers) -> None:
+    from jaxmed.train.config import OPTIMIZER_NAMES, SCHEDULE_NAMES
+
     p = subparsers.add_parser(
         "train",
         help="train a VAE, autoencoder or lesion U-Net, data-parallel, with checkpoints",
@@ -53,7 +55,7 @@ def _add_train(subparsers) -> None:
             "With --resume, options not given are taken from the run's config.json. "
             "--model unet trains a lesion-map network on multi-contrast phantoms with lesion "
             "masks, plainly or (--masked-regions) with losses on disjoint random regions, "
-            "each computed with one modality blanked."
+            "each computed with one modality blanked (and one region with none blanked)."
         ),
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder of the run")
@@ -70,9 +72,9 @@ def _add_train(subparsers) -> None:
     p.add_argument("--force", action="store_true",
                    help="start over in a non-empty --out (deletes the run's files listed above, nothing else)")
     g = p.add_argument_group("optimiser")
-    g.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), help="default adam")
+    g.add_argument("--optimizer", choices=OPTIMIZER_NAMES, help="default adam")
     g.add_argument("--lr", type=float, metavar="LR", help="peak learning rate (default 1e-3)")
-    g.add_argument("--schedule", choices=("constant", "cosine", "warmup-cosine"), help="default constant")
+    g.add_argument("--schedule", choices=SCHEDULE_NAMES, help="default constant")
     g.add_argument("--warmup-steps", type=int, metavar="N", help="warm-up length for warmup-cosine")
     g.add_argument("--weight-decay", type=float, metavar="W", help="default 0")
     g.add_argument("--grad-clip", type=float, metavar="NORM", help="clip gradients to this global norm (0 = off)")
@@ -81,7 +83,8 @@ def _add_train(subparsers) -> None:
     g.add_argument("--num-train", type=int, metavar="N", help="phantoms: training images (default 2048)")
     g.add_argument("--num-val", type=int, metavar="N", help="validation images (default 256)")
     g.add_argument("--masked-regions", action="store_true", default=None,
-                   help="unet: masked-region training (one random region per modality, that modality blanked)")
+                   help="unet: masked-region training (one random region per modality, that modality "
+                        "blanked, and one region with all modalities)")
     g.add_argument("--region-cell", type=int, metavar="PX", help="unet: side of the region cells (default 8)")
     g.add_argument("--pos-weight", type=float, metavar="W",
                    help="unet: weight of lesion pixels in the cross-entropy (default 5)")

@@ -31,11 +31,13 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import itertools
 import operator
 from collections.abc import Iterator
 
 import jax
+
 import numpy as np
 
 __all__ = ["batch_indices", "iterate_batches", "steps_per_epoch"]
@@ -86,10 +88,14 @@ def _check_seed(seed: int) -> int:
     return seed
 
 
+@functools.lru_cache(maxsize=2)
 def _epoch_permutation(epoch: int, *, num_examples: int, seed: int) -> np.ndarray:
     # A SeedSequence of (seed, epoch): independent streams per epoch, stable
-    # across numpy versions (NEP 19 keeps default_rng's stream fixed).
-    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+    # across numpy versions (NEP 19 keeps default_rng's stream fixed). Cached:
+    # batch_indices is called once per step, and an epoch spans many steps.
+    permutation = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    permutation.flags.writeable = False  # shared by the cache
+    return permutation
 
 
 def _shard(global_batch: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
@@ -214,14 +220,10 @@ def iterate_batches(
 
 def _batches(data, *, num_examples, n_steps, batch_size, seed, start_step, num_steps, process_index, process_count):
     steps = itertools.count(start_step) if num_steps is None else range(start_step, start_step + num_steps)
-    epoch, permutation = None, None
     for step in steps:
-        step_epoch, position = divmod(step, n_steps)
-        if step_epoch != epoch:
-            # One permutation per epoch, not per step: the same numbers as
-            # batch_indices, without an O(num_examples) shuffle every step.
-            epoch = step_epoch
-            permutation = _epoch_permutation(epoch, num_examples=num_examples, seed=seed)
+        epoch, position = divmod(step, n_steps)
+        # The same numbers as batch_indices; the permutation is cached per epoch.
+        permutation = _epoch_permutation(epoch, num_examples=num_examples, seed=seed)
         global_batch = permutation[position * batch_size : (position + 1) * batch_size]
         indices = _shard(global_batch, process_index, process_count)
         yield jax.tree_util.tree_map(lambda leaf: leaf[indices], data)

@@ -85,7 +85,7 @@ def make_evaluator(eval_step, batches: Sequence[Any], *, mesh: Mesh, key: jax.Ar
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if k != "finite"}
+    return {k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}
 
 
 def _is_placed(tree: Any, mesh: Mesh) -> bool:
@@ -120,8 +120,9 @@ def fit(
 ) -> FitResult:
     """Trains from ``state.step`` to ``config.steps``.
 
-    Every step: ``train_step(state, shard_batch(batch_fn(step)))`` and a check
-    that the loss and new parameters are finite. Every ``config.log_every``
+    Every step: ``train_step(state, shard_batch(batch_fn(step)))``; that the
+    loss and new parameters stayed finite is checked (one device-to-host
+    transfer) at every step that logs, evaluates or checkpoints. Every ``config.log_every``
     steps a record ``{"step", "loss", ...}`` is appended to ``metrics_path``;
     every ``config.eval_every`` steps ``eval_fn`` runs and its results join
     the record as ``val_<name>``; every ``config.checkpoint_every`` steps,
@@ -177,18 +178,26 @@ def fit(
     bar = tqdm(total=config.steps, initial=start, unit="step", dynamic_ncols=True,
                disable=not progress or jax.process_index() != 0)
     t0 = time.perf_counter()
+    finite = None
     try:
         for step in range(start, config.steps):
             state, metrics = train_step(state, shard_batch(batch_fn(step), mesh))
             done = step + 1
-            if not bool(metrics["finite"]):
-                _stop_non_finite(done, float(metrics["loss"]), checkpointer)
+            # Accumulated on the device: waiting for every step's flag would
+            # stop the host from preparing the next batch while this one runs.
+            finite = metrics["finite"] if finite is None else finite & metrics["finite"]
             bar.update(1)
             is_last = done == config.steps
             log_now = done % config.log_every == 0 or is_last
             eval_now = eval_fn is not None and (
                 (config.eval_every and done % config.eval_every == 0) or is_last
             )
+            save_now = checkpointer is not None and (
+                is_last or (config.checkpoint_every and done % config.checkpoint_every == 0)
+            )
+            # Checked before anything is logged, evaluated or saved, so no bad state is kept.
+            if (log_now or eval_now or save_now) and not bool(finite):
+                _stop_non_finite(done, config.log_every, checkpointer)
             stop_early = False
             if log_now or eval_now:
                 record = {"step": done, **_scalars(metrics)}
@@ -202,9 +211,7 @@ def fit(
                     append_metrics(metrics_path, record)
                 records.append(record)
                 bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "val_loss") if k in record})
-            if checkpointer is not None and (
-                is_last or stop_early or (config.checkpoint_every and done % config.checkpoint_every == 0)
-            ):
+            if save_now or (checkpointer is not None and stop_early):
                 checkpointer.save(state)
             if stop_early:
                 stop_reason = "early_stopping"
@@ -216,7 +223,7 @@ def fit(
     return FitResult(state, stop_reason, None if math.isinf(best) else best, records)
 
 
-def _stop_non_finite(step: int, loss: float, checkpointer: Checkpointer | None) -> None:
+def _stop_non_finite(step: int, log_every: int, checkpointer: Checkpointer | None) -> None:
     if checkpointer is not None:
         checkpointer.wait()
         last = checkpointer.latest_step()
@@ -227,7 +234,8 @@ def _stop_non_finite(step: int, loss: float, checkpointer: Checkpointer | None) 
     else:
         where = "no checkpointer was given, so nothing was saved"
     raise NonFiniteLossError(
-        f"training stopped at step {step}: the loss ({loss}) or the updated parameters "
-        f"are not finite (NaN/Inf); the bad state was not saved; {where}. Lower the "
+        f"training stopped at step {step}: the loss or the updated parameters became "
+        f"non-finite (NaN/Inf) within the last {log_every} step(s); the bad state was not "
+        f"saved; {where}. Lower the "
         "learning rate or set a gradient clip norm, then resume from that checkpoint."
     )

@@ -27,7 +27,7 @@ from jaxmed.train.config import OptimConfig, TrainConfig, config_from_dict
 from jaxmed.train.loop import FitResult, fit, make_evaluator
 from jaxmed.train.metrics_log import plot_loss_curve, read_metrics
 from jaxmed.train.optim import make_optimizer
-from jaxmed.train.parallel import jit_eval_step, jit_train_step, make_mesh, replicate
+from jaxmed.train.parallel import jit_eval_step, jit_train_step, local_batch_slice, make_mesh, replicate
 from jaxmed.train.registry import get_model_spec, get_preset, model_config_to_dict
 from jaxmed.train.sources import load_image_splits
 from jaxmed.train.state import TrainState
@@ -60,8 +60,9 @@ class RunConfig:
       num_val: number of validation images.
       masked_regions: U-Net only: masked-region training
         (:class:`jaxmed.losses.LesionLossConfig` ``masked=True``): per step,
-        each sample is split into one random region per modality, and the loss
-        on region ``v`` sees modality ``v`` blanked; False: plain per-pixel loss.
+        each sample is split into ``M + 1`` random regions; the loss on region
+        ``v < M`` sees modality ``v`` blanked, the last sees all modalities;
+        False: plain per-pixel loss.
       region_cell: U-Net only: side of the random regions' square cells, pixels.
       pos_weight: U-Net only: weight of lesion pixels in the cross-entropy.
       optim: the optimiser.
@@ -191,7 +192,15 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def _init_params(spec, model, key: jax.Array, x: np.ndarray) -> Any:
+def init_params(spec: Any, model: Any, key: jax.Array, x: np.ndarray) -> Any:
+    """``spec.init(key, model, x)`` compiled without XLA's backend optimisations.
+
+    Args:
+      spec: a :class:`jaxmed.train.registry.ModelSpec`.
+      model: the module it builds.
+      key: PRNG key.
+      x: a batch of one example.
+    """
     # Initialisation runs once: XLA's backend optimisations of the unrolled
     # initialisers cost seconds of compilation (24 s vs 1.5 s for the tiny VAE
     # on a busy 2-core CPU) and save nothing.
@@ -199,15 +208,22 @@ def _init_params(spec, model, key: jax.Array, x: np.ndarray) -> Any:
     return init.compile(compiler_options={"xla_backend_optimization_level": 0})(key, x)
 
 
-def _eval_batches(data: dict[str, np.ndarray], *, batch_size: int, num_devices: int) -> list[dict[str, np.ndarray]]:
-    # Equal batches divisible by the device count; the remainder (fewer than
-    # one batch) is not evaluated, so the mean is over equal-size batches.
+def eval_batches(data: dict[str, np.ndarray], *, batch_size: int, num_devices: int) -> list[dict[str, np.ndarray]]:
+    """Validation samples as equal batches for :func:`jaxmed.train.loop.make_evaluator`.
+
+    Batches of ``min(batch_size, n)`` rounded down to a multiple of
+    ``num_devices``; the remainder (fewer than one batch) is not evaluated,
+    so the mean of batch means is the mean over the samples evaluated. Each
+    process keeps its rows of every batch.
+
+    Raises:
+      ValueError: fewer samples than devices.
+    """
     n = len(data["image"])
     size = min(batch_size, (n // num_devices) * num_devices)
     if size < 1:
         raise ValueError(f"the validation set ({n} images) is smaller than the number of devices ({num_devices})")
-    rows = slice(size * jax.process_index() // jax.process_count(),
-                 size * (jax.process_index() + 1) // jax.process_count())
+    rows = local_batch_slice(size)
     return [{k: v[i : i + size][rows] for k, v in data.items()} for i in range(0, n - size + 1, size)]
 
 
@@ -262,7 +278,7 @@ def train_model(
 
     model = spec.build(model_config)
     loss_fn = spec.loss_fn(model, model_config, run)
-    params = _init_params(spec, model, jax.random.fold_in(root, _INIT_STREAM), data.train["image"][:1])
+    params = init_params(spec, model, jax.random.fold_in(root, _INIT_STREAM), data.train["image"][:1])
     tx = make_optimizer(run.optim, total_steps=cfg.steps)
     state = TrainState.create(params=params, tx=tx, key=jax.random.fold_in(root, _STEP_STREAM))
     state = replicate(state, mesh)
@@ -289,7 +305,7 @@ def train_model(
 
     evaluator = make_evaluator(
         jit_eval_step(make_eval_step(loss_fn, mixed_precision=cfg.mixed_precision), mesh),
-        _eval_batches(data.val, batch_size=cfg.batch_size, num_devices=mesh.size),
+        eval_batches(data.val, batch_size=cfg.batch_size, num_devices=mesh.size),
         mesh=mesh, key=jax.random.fold_in(root, _EVAL_STREAM),
     )
     metrics_path = out_dir / METRICS_FILE
