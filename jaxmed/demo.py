@@ -355,7 +355,8 @@ def train_vae(config: DemoConfig, data: DemoData, run_dir: str | os.PathLike, *,
         make_eval_step, make_evaluator, make_mesh, make_train_step, plot_loss_curve,
         read_metrics, save_config,
     )
-    from jaxmed.train.registry import model_config_to_dict
+    from jaxmed.train.registry import MODELS, model_config_to_dict
+    from jaxmed.train.run import eval_batches, init_params
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
@@ -370,8 +371,7 @@ def train_vae(config: DemoConfig, data: DemoData, run_dir: str | os.PathLike, *,
                         eval_every=config.eval_every, checkpoint_every=0, keep=1, devices=config.devices)
     optim = OptimConfig(learning_rate=config.learning_rate, schedule="warmup-cosine",
                         warmup_steps=config.warmup_steps, final_lr_fraction=0.05)
-    init_key, sample_key = jax.random.split(jax.random.fold_in(root, _INIT))
-    params = jax.jit(model.init)(init_key, data.train[:1], sample_key)
+    params = init_params(MODELS["vae"], model, jax.random.fold_in(root, _INIT), data.train[:1])
     state = TrainState.create(params=params, tx=_optimizer(optim, config), key=jax.random.fold_in(root, _STEPS))
     save_config(run_dir, {
         "model": {"name": "vae", "preset": config.preset, "config": model_config_to_dict(cfg)},
@@ -399,12 +399,11 @@ def train_vae(config: DemoConfig, data: DemoData, run_dir: str | os.PathLike, *,
         return {"image": batch}
 
     loss_fn = vae_loss_fn(model, beta=config.beta)
-    size = min(batch_size, (len(data.val) // mesh.size) * mesh.size)
-    evaluator = None
-    if size >= 1:
-        val_batches = [{"image": data.val[i:i + size]} for i in range(0, len(data.val) - size + 1, size)]
-        evaluator = make_evaluator(jit_eval_step(make_eval_step(loss_fn), mesh), val_batches, mesh=mesh,
-                                   key=jax.random.fold_in(root, _EVAL))
+    evaluator = make_evaluator(
+        jit_eval_step(make_eval_step(loss_fn), mesh),
+        eval_batches({"image": data.val}, batch_size=batch_size, num_devices=mesh.size),
+        mesh=mesh, key=jax.random.fold_in(root, _EVAL),
+    )
     metrics_path = run_dir / "metrics.jsonl"
     with Checkpointer(run_dir, keep=1) as checkpointer:
         result = fit(state, train_step=jit_train_step(make_train_step(loss_fn), mesh), batch_fn=batch_fn,
@@ -782,7 +781,8 @@ def write_figures(
       rows: test rows shown in the grid (one per group).
       records: the fit loop's metric records.
     """
-    from jaxmed.plots import plot_curves, plot_image_grid, plot_roc_curves, plot_score_histograms
+    from jaxmed.plots import plot_image_grid, plot_roc_curves, plot_score_histograms
+    from jaxmed.train import plot_loss_curve
 
     out_dir = Path(out_dir)
     normal = test.groups == "normal"
@@ -814,13 +814,7 @@ def write_figures(
                                  column_labels=["input", "reconstruction", "|error|"],
                                  cmaps=["gray", "gray", "magma"],
                                  ranges=[(0.0, 1.0), (0.0, 1.0), (0.0, max(0.05, float(np.max(grid[0][2]))))]))
-    steps = [r["step"] for r in records if "loss" in r]
-    loss = {"train": (np.asarray(steps), np.asarray([r["loss"] for r in records if "loss" in r]))}
-    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-    if val:
-        loss["validation"] = tuple(np.asarray(v) for v in zip(*val))
-    paths.append(plot_curves(out_dir / "loss_curve.png", loss, xlabel="step",
-                             ylabel="negative ELBO [nats per slice]", title="Training loss"))
+    paths.append(plot_loss_curve(records, out_dir / "loss_curve.png"))
     return paths
 
 

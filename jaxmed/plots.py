@@ -124,32 +124,3 @@ def plot_image_grid(
             if j == 0 and i < len(row_labels):
                 ax.set_ylabel(row_labels[i], fontsize="small")
     return _save(fig, path)
-
-
-def plot_curves(
-    path,
-    curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    *,
-    xlabel: str,
-    ylabel: str,
-    title: str = "",
-    logx: bool = False,
-) -> Path:
-    """Line plot of named ``(x, y)`` series (e.g. a loss curve).
-
-    Args:
-      path: PNG file to write.
-      curves: ``{label: (x, y)}``.
-      xlabel, ylabel, title: axis labels and title.
-      logx: logarithmic x axis.
-    """
-    fig = Figure(figsize=(6, 4))
-    ax = fig.add_subplot()
-    for name, (x, y) in curves.items():
-        ax.plot(np.asarray(x), np.asarray(y), label=name)
-    if logx:
-        ax.set_xscale("log")
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    if len(curves) > 1:
-        ax.legend(fontsize="small")
-    return _save(fig, path)

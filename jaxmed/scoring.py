@@ -235,8 +235,9 @@ def _minmax_slices(volume: Any, prep: Preprocessing) -> tuple[np.ndarray, np.nda
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{source or 'volume'}: holds NaN or infinite values")
     scaled = _scale_volume(array, prep)
-    slices = slice_volume(_Sourced(scaled, source) if source else scaled, axis=prep.slice_axis,
-                          min_foreground=prep.min_foreground, threshold=prep.foreground_threshold)
+    # Shape, values and options are checked above and in Preprocessing: slicing cannot fail.
+    slices = slice_volume(scaled, axis=prep.slice_axis, min_foreground=prep.min_foreground,
+                          threshold=prep.foreground_threshold)
     stack = slices.images
     h, w = prep.image_size
     if not len(stack):
@@ -266,13 +267,6 @@ def _brain_slices(volume: Any, prep: Preprocessing) -> tuple[np.ndarray, np.ndar
 
 
 _PREPROCESSORS = {"minmax": _minmax_slices, "brain_mri": _brain_slices}
-
-
-class _Sourced(NamedTuple):
-    """An array with a ``source`` name, so slicing errors name the file."""
-
-    array: np.ndarray
-    source: str
 
 
 def save_preprocessing(run_dir: str | os.PathLike, prep: Preprocessing) -> Path:

@@ -2,7 +2,7 @@
 
 from matplotlib.image import imread
 
-from jaxmed.plots import plot_curves, plot_image_grid, plot_roc_curves, plot_score_histograms
+from jaxmed.plots import plot_image_grid, plot_roc_curves, plot_score_histograms
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -26,4 +26,3 @@ def test_figures(tmp_path, rng):
     )
     images = [[rng.random((8, 8)), rng.random((8, 8, 1))], [rng.random((8, 8)), rng.random((8, 8))]]
     _check_png(plot_image_grid(tmp_path / "sub" / "grid.png", images, row_labels=["x", "y"], column_labels=["in", "out"]))
-    _check_png(plot_curves(tmp_path / "loss.png", {"train": ([1, 2, 3], [3.0, 2.0, 1.5])}, xlabel="step", ylabel="loss"))

@@ -297,14 +297,18 @@ class LesionLossConfig:
         blanks modality ``v`` (:func:`~jaxmed.data.regions.single_modality_drops`).
         False: one view, every pixel, nothing blanked.
       cell: side of the region cells, pixels.
-      include_none: add a view with nothing blanked (``M + 1`` views).
+      include_none: add a view with nothing blanked (``M + 1`` views, the
+        default). Without it the network never sees all modalities at once
+        in training and can fail when none is missing: in
+        ``experiments/masked_region.py`` Dice with all modalities present was
+        0.27 without this view and 0.98 with it.
       blank_value: the constant a blanked modality is replaced by.
       pos_weight: weight of lesion pixels in the cross-entropy.
     """
 
     masked: bool = True
     cell: int = 8
-    include_none: bool = False
+    include_none: bool = True
     blank_value: float = 0.0
     pos_weight: float = 1.0
 
