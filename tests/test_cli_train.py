@@ -128,8 +128,7 @@ def test_dicom_folder_source_normalises_and_slices(tmp_path):
     assert sorted(p.split(":")[0] for p in data.problems) == sorted(
         [str(tmp_path / "notes.dcm"), str(tmp_path / "plan.dcm")]
     )
-    images = np.concatenate([data.train["image"], data.val["image"]])
-    assert data.val["image"].shape[1:] == (32, 32, 1) and len(data.val["image"]) == 2
+    assert data.val["image"].shape[1:] == (32, 32, 1)
     # The same pipeline in numpy/pydicom: rescale, clip to percentiles, min-max,
     # linear resize; every image returned is one of these slices.
     ds = pydicom.dcmread(mri)
@@ -141,11 +140,62 @@ def test_dicom_folder_source_normalises_and_slices(tmp_path):
     expected = np.asarray(jax.image.resize(jnp.asarray(scaled, jnp.float32), (len(scaled), 32, 32),
                                            method="linear", antialias=False))
     kept = [s for s in expected if np.mean(s > 0.05) >= 0.05]
-    assert len(images) == len(kept)
-    for image in images[..., 0]:
-        assert min(np.abs(image - s).max() for s in kept) < 1e-4
+    assert len(kept) == 10
+    # One scan of 10 slices: blocks of 1, every fifth (positions 4, 9) for
+    # validation; the training slices next to them (3, 5, 8) are dropped.
+    for split, positions in ((data.train, [0, 1, 2, 6, 7]), (data.val, [4, 9])):
+        assert len(split["image"]) == len(positions)
+        for image, p in zip(split["image"][..., 0], positions):
+            assert np.abs(image - kept[p]).max() < 1e-4
     # What `jaxmed score` will apply to files scored against this run.
     assert data.preprocessing.method == "minmax" and data.preprocessing.image_size == (32, 32)
+
+
+def test_files_split_by_whole_scans(tmp_path):
+    import nibabel as nib
+
+    from jaxmed.train.sources import load_image_splits
+
+    # Five scans of 8 slices; scan v has a bright band at rows 2v..2v+4, which
+    # survives normalisation and resizing, so every image names its scan.
+    for v in range(5):
+        volume = np.zeros((8, 16, 16), np.float32)
+        volume[:, 2 * v:2 * v + 4] = 1.0
+        volume += np.linspace(0, 0.2, 16)[None, None, :]
+        nib.save(nib.Nifti1Image(volume.transpose(2, 1, 0), np.eye(4)), tmp_path / f"scan{v}.nii.gz")
+    data = load_image_splits(str(tmp_path), image_shape=(16, 16, 1), seed=0, num_val=100)
+
+    def scans(images):
+        return [int(np.argmax(image[:, :, 0].mean(axis=1))) // 2 for image in images]
+
+    train, val = scans(data.train["image"]), scans(data.val["image"])
+    # Target min(100, 40 // 5) = 8 slices: exactly one whole scan.
+    assert len(val) == 8 and len(set(val)) == 1 and val[0] not in train
+    assert sorted(set(train)) == sorted(set(range(5)) - set(val)) and len(train) == 32
+    assert data.description["split"] == "by scan: 1 of 5 scans for validation"
+    # The seed chooses which scan.
+    chosen = {scans(load_image_splits(str(tmp_path), image_shape=(16, 16, 1), seed=s, num_val=100).val["image"])[0]
+              for s in range(6)}
+    assert len(chosen) > 1
+
+
+def test_split_scans_by_hand():
+    from jaxmed.train.sources import split_scans
+
+    # Scans of 3, 10 and 4 slices, target 17 // 5 = 3: only the 3-slice scan fits.
+    train, val, how = split_scans([np.arange(3), np.arange(10), np.arange(4)], seed=0, num_val=50)
+    assert val.tolist() == [0, 1, 2] and train.tolist() == list(range(3, 17))
+    # Two scans, neither fits a target of 4: the smaller goes to validation.
+    train, val, _ = split_scans([np.arange(12), np.arange(9)], seed=0, num_val=50)
+    assert val.tolist() == list(range(12, 21)) and train.tolist() == list(range(12))
+    # One scan of 40 slices: blocks of 2, blocks 4, 9, 14, 19 for validation.
+    train, val, how = split_scans([np.arange(40)], seed=0, num_val=50)
+    assert val.tolist() == [8, 9, 18, 19, 28, 29, 38, 39]
+    assert train.tolist() == [0, 1, 2, 3, 4, 5, 6, 11, 12, 13, 14, 15, 16, 21, 22, 23, 24, 25, 26, 31, 32, 33, 34,
+                              35, 36]
+    assert how.startswith("one scan: blocks of 2")
+    # At most num_val, evenly spaced.
+    assert split_scans([np.arange(40)], seed=0, num_val=3)[1].tolist() == [8, 28, 39]
 
 
 @pytest.mark.parametrize(

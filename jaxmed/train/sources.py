@@ -64,8 +64,9 @@ def load_image_splits(
       image_shape: ``(H, W, C)`` the model takes.
       seed: seeds the phantoms and the train/validation split of files.
       num_train: phantoms only: number of training images.
-      num_val: number of validation images (phantoms), or at most this many
-        (files: also at most a fifth of the slices).
+      num_val: number of validation images (phantoms); for files, the target
+        (also at most a fifth of the slices), met as closely as whole scans
+        or blocks of slices allow (:func:`split_scans`).
       targets: per-pixel targets to load beside the images: ``()`` (normal
         images only, for a VAE or autoencoder) or ``("lesion_mask",)``
         (phantoms with lesions in about half of the samples).
@@ -146,26 +147,81 @@ def _files(source, image_shape, *, seed, num_val) -> ImageSplits:
     prep = Preprocessing(image_size=(h, w))
     volumes, problems = load_volumes([source])
     problems = [f"{p.path}: {p.problem}" for p in problems]
-    stacks = []
+    stacks, slice_indices = [], []
     for volume in volumes:
         try:
-            images, _ = preprocess_volume(volume, prep)
+            images, indices = preprocess_volume(volume, prep)
         except ValueError as e:  # e.g. NaN voxels; the message names the file
             problems.append(str(e))
             continue
         if len(images):
             stacks.append(images)
+            slice_indices.append(indices)
     if not stacks:
         listing = "; ".join(problems) or "no image files found"
         raise ValueError(f"--data {source}: no usable 2D slices ({listing})")
+    train, val, split = split_scans(slice_indices, seed=seed, num_val=num_val)
+    if not len(train) or not len(val):
+        total = sum(map(len, stacks))
+        raise ValueError(f"--data {source}: only {total} slices; too few to split")
     images = np.concatenate(stacks)
-    order = np.random.default_rng(seed).permutation(len(images))
-    n_val = max(1, min(num_val, len(images) // 5))
-    if len(images) - n_val < 1:
-        raise ValueError(f"--data {source}: only {len(images)} slices; too few to split")
     description = {"source": str(Path(source).absolute()), "num_volumes": len(volumes),
-                   "num_train": int(len(images) - n_val), "num_val": int(n_val),
+                   "num_train": int(len(train)), "num_val": int(len(val)), "split": split,
                    "normalisation": "per-volume clip to 0.5-99.5 percentiles, min-max to [0, 1]",
                    "slicing": "axis 0 (z), slices with >= 5% of pixels above 0.05"}
-    return ImageSplits({"image": images[order[n_val:]]}, {"image": images[order[:n_val]]}, description,
-                       problems, prep)
+    return ImageSplits({"image": images[train]}, {"image": images[val]}, description, problems, prep)
+
+
+def split_scans(
+    slice_indices: list[np.ndarray], *, seed: int, num_val: int
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Train/validation positions that keep neighbouring slices of a scan apart.
+
+    Neighbouring slices of one scan are nearly the same image, so a random
+    split of slices would validate on near-copies of training images. With
+    two or more scans, whole scans go to validation: scans in a seeded random
+    order, each taken while the validation set stays within its target of
+    ``min(num_val, total // 5)`` slices (at least 1) and one scan is left for
+    training; if none fits, the smallest scan. A single scan is cut into
+    blocks of ``max(1, N // 20)`` neighbouring slices, every fifth block for
+    validation (:func:`jaxmed.data.brain_mri.split_slices`, guard of 1 slice:
+    training slices next to a validation block are dropped); at most
+    ``num_val`` of them, evenly spaced, are kept.
+
+    Args:
+      slice_indices: per scan, the increasing slice indices of its images;
+        the images are numbered scan after scan, in this order.
+      seed: seeds the order of the scans.
+      num_val: the most validation images wanted.
+
+    Returns:
+      ``(train, val, how)``: int64 positions into the concatenated images,
+      increasing, and a one-line description of the split.
+    """
+    from jaxmed.data.brain_mri import split_slices
+
+    counts = [len(s) for s in slice_indices]
+    starts = np.cumsum([0, *counts])
+    target = max(1, min(num_val, starts[-1] // 5))
+    if len(counts) == 1:
+        block = max(1, counts[0] // 20)
+        parts = split_slices(np.asarray(slice_indices[0]), block_size=block, guard=1,
+                             pattern=("train",) * 4 + ("val",))
+        train, val = parts["train"], parts.get("val", np.zeros(0, np.int64))
+        if len(val) > num_val:
+            val = val[np.unique(np.linspace(0, len(val) - 1, max(num_val, 1)).round().astype(int))]
+        return train.astype(np.int64), val.astype(np.int64), (
+            f"one scan: blocks of {block} slices, every fifth for validation, 1-slice guard")
+    order = np.random.default_rng(seed).permutation(len(counts))
+    chosen, size = [], 0
+    for scan in order:
+        if len(chosen) < len(counts) - 1 and size + counts[scan] <= target:
+            chosen.append(int(scan))
+            size += counts[scan]
+    if not chosen:
+        chosen = [int(min(order, key=lambda scan: counts[scan]))]
+    is_val = np.zeros(starts[-1], bool)
+    for scan in chosen:
+        is_val[starts[scan]:starts[scan + 1]] = True
+    return (np.flatnonzero(~is_val), np.flatnonzero(is_val),
+            f"by scan: {len(chosen)} of {len(counts)} scans for validation")
