@@ -19,9 +19,10 @@ prints one JSON line per framework and one with the ratio, e.g.
 ``OMP_WAIT_POLICY=PASSIVE`` stops PyTorch's OpenMP threads from spinning,
 which on a loaded machine makes PyTorch's figure several times better and
 stable; on an idle machine run both ways and keep PyTorch's better figure.
-About 2-4 minutes on 2 CPU cores (compilation included); the JAX step reached
-0.64-0.74x PyTorch's images/s on the idle 2-core machine of RESULTS.md (421 vs
-569 img/s with ``OMP_WAIT_POLICY=PASSIVE``; plain XLA convolutions: 109 img/s).
+About 1-4 minutes on 2 CPU cores (compilation included); the JAX step reached
+0.64-0.74x PyTorch's images/s on the idle AVX2 machine of RESULTS.md (421 vs
+569 img/s with ``OMP_WAIT_POLICY=PASSIVE``; plain XLA convolutions: 109 img/s)
+and 0.68-0.77x on an AVX-512 one (357 vs 484), short of the 1.2x target.
 """
 
 from __future__ import annotations
