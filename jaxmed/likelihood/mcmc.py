@@ -39,10 +39,8 @@ from jaxmed.likelihood.diagnostics import Diagnostics
 from jaxmed.likelihood.interface import LatentVariableModel
 
 
-def _fit_density(
-    mean: Array, cov: Array, *, density: str, student_t_df: float, fit_scale: float, min_variance: Array
-):
-    """log q for one ``(d,)`` z, q matching ``mean`` and ``fit_scale * cov``.
+def _fit_factor(cov: Array, *, density: str, student_t_df: float, fit_scale: float, min_variance: Array) -> Array:
+    """Lower-triangular scale factor of q, matching ``fit_scale * cov``.
 
     The Student-t scale matrix is the covariance times (df - 2) / df.
 
@@ -54,16 +52,20 @@ def _fit_density(
     and the triangular factor is taken by a QR decomposition of the
     eigen-factor, which is finite for any floored spectrum.
     """
-    d = mean.shape[0]
+    d = cov.shape[0]
     scale2 = fit_scale * (1.0 if density == "gaussian" else (student_t_df - 2) / student_t_df)
     w, v = jnp.linalg.eigh(scale2 * (cov + cov.T) / 2)
     w = jnp.maximum(w, jnp.maximum(1e-6 * jnp.sum(jnp.abs(w)) / d, scale2 * min_variance))
     # (V sqrt(W))^T = Q R, so V W V^T = R^T R: R^T is a Cholesky factor (up to signs).
     r = jnp.linalg.qr((v * jnp.sqrt(w)[None, :]).T, mode="r")
-    chol = (r * jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0)[:, None]).T
+    return (r * jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0)[:, None]).T
+
+
+def _log_q(z: Array, loc: Array, chol: Array, *, density: str, student_t_df: float) -> Array:
+    """log q(z) for one ``(d,)`` z, q with location ``loc`` and scale factor ``chol``."""
     if density == "gaussian":
-        return dist.MultivariateNormal(mean, scale_tril=chol).log_prob
-    return dist.MultivariateStudentT(student_t_df, mean, chol).log_prob
+        return dist.MultivariateNormal(loc, scale_tril=chol).log_prob(z)
+    return dist.MultivariateStudentT(student_t_df, loc, chol).log_prob(z)
 
 
 _DENSITIES = ("gaussian", "student_t")
@@ -202,36 +204,38 @@ def mcmc_log_px(
         d = mean.shape[0]
 
         # One loop over warm-up, fitting and estimating iterations: NumPyro's NUTS
-        # is traced once (tracing it dominates compile time). q is refitted from the
-        # running sums at every iteration but only used after the fitting segment,
-        # so no samples are stored: memory is O(num_chains * d^2) for any N.
+        # is traced once (tracing it dominates compile time). q is fitted once,
+        # from the running sums at the last fitting iteration (with a mesh, the
+        # only iteration whose sums cross devices), so no samples are stored:
+        # memory is O(num_chains * d^2) for any N.
+        def fit(sum_dz, sum_dz2):
+            total_dz, total_dz2 = (sum_dz, sum_dz2) if axes is None else jax.lax.psum((sum_dz, sum_dz2), axes)
+            mean_dz = total_dz / num_fit
+            cov = (total_dz2 - num_fit * jnp.outer(mean_dz, mean_dz)) / (num_fit - 1)
+            chol = _fit_factor(cov, density=density, student_t_df=student_t_df, fit_scale=fit_scale,
+                               min_variance=min_variance)
+            return centre + mean_dz, chol
+
         def body(i, carry):
-            state, sum_dz, sum_dz2, stats = carry
+            state, sum_dz, sum_dz2, q, stats = carry
             state = sample_chains(state)
             dz = state.z - centre[None, :]
             fitting = (i >= num_warmup) & (i < fit_end)
             sum_dz = sum_dz + jnp.where(fitting, jnp.sum(dz, axis=0), 0.0)
             sum_dz2 = sum_dz2 + jnp.where(fitting, dz.T @ dz, 0.0)
-            total_dz, total_dz2 = (sum_dz, sum_dz2) if axes is None else jax.lax.psum((sum_dz, sum_dz2), axes)
-            mean_dz = total_dz / num_fit
-            cov = (total_dz2 - num_fit * jnp.outer(mean_dz, mean_dz)) / (num_fit - 1)
-            log_q = jax.vmap(
-                _fit_density(
-                    centre + mean_dz, cov, density=density, student_t_df=student_t_df,
-                    fit_scale=fit_scale, min_variance=min_variance,
-                )
-            )
+            q = jax.lax.cond(i == fit_end - 1, fit, lambda *_: q, sum_dz, sum_dz2)
+            log_q = jax.vmap(lambda z: _log_q(z, *q, density=density, student_t_df=student_t_df))
             # potential_energy = -log p(z) - log p(x|z) at the new z: no extra pass.
             log_v = log_q(state.z) + state.potential_energy
             updated = _reduce.add_log_weights(stats, log_v)
             stats = jax.tree.map(lambda new, old: jnp.where(i >= fit_end, new, old), updated, stats)
-            return state, sum_dz, sum_dz2, stats
+            return state, sum_dz, sum_dz2, q, stats
 
         carry = (
-            state, jnp.zeros((d,), dtype), jnp.zeros((d, d), dtype),
+            state, jnp.zeros((d,), dtype), jnp.zeros((d, d), dtype), (centre, jnp.eye(d, dtype=dtype)),
             _reduce.empty_stats(num_top, dtype),
         )
-        _, _, _, stats = jax.lax.fori_loop(0, fit_end + samples_per_chain, body, carry)
+        *_, stats = jax.lax.fori_loop(0, fit_end + samples_per_chain, body, carry)
         return stats
 
     if mesh is None:
