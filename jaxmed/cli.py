@@ -78,6 +78,9 @@ def _add_train(subparsers) -> None:
     g.add_argument("--warmup-steps", type=int, metavar="N", help="warm-up length for warmup-cosine")
     g.add_argument("--weight-decay", type=float, metavar="W", help="default 0")
     g.add_argument("--grad-clip", type=float, metavar="NORM", help="clip gradients to this global norm (0 = off)")
+    g.add_argument("--lr-factor", action="append", type=_lr_factor, metavar="PATTERN=F",
+                   help="parameters whose path (e.g. params/log_scale) matches the glob PATTERN learn at F times "
+                        "the rate; repeatable, the first match wins")
     g = p.add_argument_group("model and data")
     g.add_argument("--beta", type=float, help="weight of the KL term of the VAE (default 1)")
     g.add_argument("--num-train", type=int, metavar="N", help="phantoms: training images (default 2048)")
@@ -104,6 +107,17 @@ def _add_train(subparsers) -> None:
                    help="address of process 0 (or JAX_COORDINATOR_ADDRESS)")
     g.add_argument("--num-processes", type=int, metavar="N", help="number of processes (or JAX_NUM_PROCESSES)")
     g.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1 (or JAX_PROCESS_ID)")
+
+
+def _lr_factor(text: str) -> tuple[str, float]:
+    pattern, sep, factor = text.rpartition("=")
+    try:
+        value = float(factor)
+    except ValueError:
+        value = None
+    if not sep or not pattern or value is None:
+        raise argparse.ArgumentTypeError(f"expected PATTERN=FACTOR (e.g. params/log_scale=30), got {text!r}")
+    return pattern, value
 
 
 def _run_train(args) -> int:
@@ -134,7 +148,8 @@ def _run_train(args) -> int:
             region_cell=args.region_cell, pos_weight=args.pos_weight,
             optim={"optimizer": args.optimizer, "learning_rate": args.lr, "schedule": args.schedule,
                    "warmup_steps": args.warmup_steps, "weight_decay": args.weight_decay,
-                   "grad_clip_norm": args.grad_clip or None},
+                   "grad_clip_norm": args.grad_clip or None,
+                   "lr_factors": tuple(args.lr_factor) if args.lr_factor else None},
             train={"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
                    "devices": args.devices, "log_every": args.log_every, "eval_every": args.eval_every,
                    "checkpoint_every": args.checkpoint_every, "keep": args.keep,

@@ -349,10 +349,11 @@ def train_vae(config: DemoConfig, data: DemoData, run_dir: str | os.PathLike, *,
     from jaxmed.data.brain_mri import augment as brain_augment
     from jaxmed.losses import vae_loss_fn
     from jaxmed.models import VAE
+    from jaxmed.models.vae import LEARNED_SCALE_LIKELIHOODS
     from jaxmed.scoring import save_preprocessing
     from jaxmed.train import (
         Checkpointer, OptimConfig, TrainConfig, TrainState, fit, jit_eval_step, jit_train_step,
-        make_eval_step, make_evaluator, make_mesh, make_train_step, plot_loss_curve,
+        make_eval_step, make_evaluator, make_mesh, make_optimizer, make_train_step, plot_loss_curve,
         read_metrics, save_config,
     )
     from jaxmed.train.registry import MODELS, model_config_to_dict
@@ -369,10 +370,15 @@ def train_vae(config: DemoConfig, data: DemoData, run_dir: str | os.PathLike, *,
         raise ValueError(f"the batch size ({batch_size}) is larger than the training set ({len(data.train)} slices)")
     train = TrainConfig(steps=config.steps, batch_size=batch_size, seed=config.seed, log_every=10,
                         eval_every=config.eval_every, checkpoint_every=0, keep=1, devices=config.devices)
+    # A learned noise scale at noise_scale_lr_factor times the rate; its floor is
+    # the model's (VAEConfig.min_scale, see model_config).
+    learned = cfg.likelihood in LEARNED_SCALE_LIKELIHOODS
     optim = OptimConfig(learning_rate=config.learning_rate, schedule="warmup-cosine",
-                        warmup_steps=config.warmup_steps, final_lr_fraction=0.05)
+                        warmup_steps=config.warmup_steps, final_lr_fraction=0.05,
+                        lr_factors=(("params/log_scale", config.noise_scale_lr_factor),) if learned else ())
     params = init_params(MODELS["vae"], model, jax.random.fold_in(root, _INIT), data.train[:1])
-    state = TrainState.create(params=params, tx=_optimizer(optim, config), key=jax.random.fold_in(root, _STEPS))
+    tx = make_optimizer(optim, total_steps=config.steps)
+    state = TrainState.create(params=params, tx=tx, key=jax.random.fold_in(root, _STEPS))
     save_config(run_dir, {
         "model": {"name": "vae", "preset": config.preset, "config": model_config_to_dict(cfg)},
         "run": {"optim": dataclasses.asdict(optim), "train": dataclasses.asdict(train), "beta": config.beta},
@@ -413,29 +419,6 @@ def train_vae(config: DemoConfig, data: DemoData, run_dir: str | os.PathLike, *,
     plot_loss_curve(read_metrics(metrics_path), run_dir / "loss_curve.png")
     params = jax.device_put(result.state.params, jax.local_devices()[0])
     return TrainedVAE(model, params, result.records, run_dir, seconds)
-
-
-def _optimizer(optim, config: DemoConfig):
-    """Adam with warm-up and cosine decay; the noise scale at ``noise_scale_lr_factor`` times the rate.
-
-    The scale's floor is the model's (``VAEConfig.min_scale``, see :func:`model_config`).
-    """
-    import optax
-
-    from jaxmed.train import make_optimizer
-
-    network = make_optimizer(optim, total_steps=config.steps)
-    scale = make_optimizer(dataclasses.replace(optim, learning_rate=optim.learning_rate * config.noise_scale_lr_factor),
-                           total_steps=config.steps)
-
-    def labels(params):
-        def label(path, _):
-            top = [getattr(k, "key", None) for k in path]
-            return "noise_scale" if top[-1:] == ["log_scale"] and len(top) == 2 else "network"
-
-        return jax.tree_util.tree_map_with_path(label, params)
-
-    return optax.multi_transform({"network": network, "noise_scale": scale}, labels)
 
 
 def learned_noise_scale(trained: TrainedVAE) -> dict[str, float] | None:

@@ -271,3 +271,32 @@ def test_masked_regions_need_the_unet():
     with pytest.raises(ValueError, match="model 'unet'"):
         RunConfig(model="vae", masked_regions=True)
     assert RunConfig(model="unet").preset == "lesion64" and RunConfig().preset == "reference64"
+
+
+def test_lr_factor_flag_reaches_the_optimiser(tmp_path, capsys):
+    from jaxmed.train import load_config
+    from jaxmed.train.checkpoint import load_model
+
+    def train(name, *extra):
+        return main(["train", "--preset", "tiny", "--steps", "1", "--batch-size", "8", "--num-train", "16",
+                     "--num-val", "8", "--eval-every", "0", "--devices", "1", "--no-progress",
+                     "--out", str(tmp_path / name), *extra])
+
+    assert train("plain") == 0
+    assert train("slow_decoder", "--lr-factor", "params/decoder/*=0.25") == 0
+    assert load_config(tmp_path / "slow_decoder")["run"]["optim"]["lr_factors"] == [["params/decoder/*", 0.25]]
+    assert train("half_decoder", "--lr-factor", "params/decoder/*=0.5") == 0
+    plain, slow, half = (load_model(tmp_path / name)[1]["params"] for name in ("plain", "slow_decoder", "half_decoder"))
+    # Same init, batch and gradient: the encoder takes the same first Adam step
+    # u; the decoder u/4 or u/2, so plain - slow = 3u/4 = 1.5 (plain - half).
+    for a, b in zip(jax.tree.leaves(plain["encoder"]), jax.tree.leaves(slow["encoder"])):
+        np.testing.assert_array_equal(a, b)
+    for a, b, c in zip(*(jax.tree.leaves(p["decoder"]) for p in (plain, slow, half))):
+        assert np.abs(a - b).max() > 5e-4  # 3/4 of Adam's first step, about the rate (1e-3)
+        np.testing.assert_allclose(a - b, 1.5 * (a - c), rtol=1e-2, atol=1e-6)
+    # A pattern matching no parameter, and a malformed flag, are clear errors.
+    assert train("typo", "--lr-factor", "params/decodr/*=2") == 2
+    assert "['params/decodr/*'] match no parameter" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train("bad", "--lr-factor", "params/decoder")
+    assert "expected PATTERN=FACTOR" in capsys.readouterr().err

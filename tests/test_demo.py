@@ -152,17 +152,24 @@ def test_demo_config_validates():
         DemoConfig(preset="small3d")
 
 
-def test_noise_scale_learns_faster_and_the_model_keeps_its_floor():
-    from jaxmed.demo import _optimizer, model_config
-    from jaxmed.train import OptimConfig
+def test_noise_scale_learns_faster_and_the_model_keeps_its_floor(demo_run):
+    import dataclasses
+
+    from jaxmed.demo import model_config
+    from jaxmed.train import OptimConfig, config_from_dict, load_config, make_optimizer
 
     config = demo_config(steps=100, warmup_steps=0, noise_scale_lr_factor=30.0, min_noise_std=0.01)
     assert model_config(config).min_scale == 0.01
-    tx = _optimizer(OptimConfig(learning_rate=1e-3), config)  # constant rate
+    # The optimiser the demo trained with, rebuilt from its config.json, at a constant rate.
+    out, _ = demo_run
+    optim = config_from_dict(OptimConfig, load_config(out / "checkpoint")["run"]["optim"])
+    assert optim.lr_factors == (("params/log_scale", DemoConfig().noise_scale_lr_factor),)
+    tx = make_optimizer(dataclasses.replace(optim, schedule="constant", lr_factors=(("params/log_scale", 30),)),
+                        total_steps=100)
     params = {"params": {"log_scale": jnp.full((2,), -4.0), "Dense_0": {"kernel": jnp.zeros((2,))}}}
     state = tx.init(params)
     grads = {"params": {"log_scale": jnp.ones((2,)), "Dense_0": {"kernel": jnp.ones((2,))}}}
     updates, state = tx.update(grads, state, params)
-    # Adam's first step is -lr * sign(g): 1e-3 for the network, 30 times that for log sigma.
-    np.testing.assert_allclose(updates["params"]["Dense_0"]["kernel"], -1e-3, rtol=1e-4)
-    np.testing.assert_allclose(updates["params"]["log_scale"], -3e-2, rtol=1e-4)
+    # Adam's first step is -lr * sign(g): lr for the network, 30 times that for log sigma.
+    np.testing.assert_allclose(updates["params"]["Dense_0"]["kernel"], -optim.learning_rate, rtol=1e-4)
+    np.testing.assert_allclose(updates["params"]["log_scale"], -30 * optim.learning_rate, rtol=1e-4)

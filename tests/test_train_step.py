@@ -54,7 +54,9 @@ def _numpy_grad(params, batch):
 
 def test_configs_round_trip_through_json():
     optim = OptimConfig(optimizer="adamw", learning_rate=3e-4, schedule="warmup-cosine",
-                        warmup_steps=5, weight_decay=0.01, grad_clip_norm=1.0)
+                        warmup_steps=5, weight_decay=0.01, grad_clip_norm=1.0,
+                        lr_factors=(("params/log_scale", 30), ("*/bias", 0.5)))
+    assert optim.lr_factors == (("params/log_scale", 30.0), ("*/bias", 0.5))
     train = TrainConfig(steps=50, batch_size=8, patience=3, devices=4, mixed_precision=True)
     for config in (optim, train):
         text = json.dumps(dataclasses.asdict(config))
@@ -68,6 +70,8 @@ def test_configs_round_trip_through_json():
         (lambda: OptimConfig(schedule="linear"), "schedule"),
         (lambda: OptimConfig(learning_rate=0.0), "learning_rate"),
         (lambda: OptimConfig(grad_clip_norm=-1.0), "grad_clip_norm"),
+        (lambda: OptimConfig(lr_factors=(("w", 0.0),)), "positive factor"),
+        (lambda: OptimConfig(lr_factors=("w",)), "pairs"),
         (lambda: TrainConfig(steps=0), "steps"),
         (lambda: TrainConfig(batch_size=6, devices=4), "divisible"),
         (lambda: TrainConfig(patience=0), "patience"),
@@ -114,6 +118,27 @@ def test_sgd_step_with_clipping_and_weight_decay_matches_numpy(rng):
     assert float(metrics["grad_norm"]) == pytest.approx(norm, rel=1e-5)  # before clipping
     assert bool(metrics["finite"])
     assert int(new_state.step) == 1
+
+
+def test_lr_factors_scale_the_rate_per_parameter_group():
+    # SGD with clipping: the whole gradient is clipped once, then each group
+    # moves at its own multiple of the scheduled rate (cosine at step 0: the peak).
+    config = OptimConfig(optimizer="sgd", learning_rate=0.1, schedule="cosine", grad_clip_norm=1.0,
+                         lr_factors=(("params/enc*/bias", 3.0), ("params/enc*", 0.5)))
+    tx = make_optimizer(config, total_steps=10)
+    params = {"params": {"encoder": {"kernel": jnp.ones(2), "bias": jnp.ones(1)}, "log_scale": jnp.ones(1)}}
+    grads = {"params": {"encoder": {"kernel": jnp.full(2, 2.0), "bias": jnp.full(1, 2.0)},
+                        "log_scale": jnp.full(1, 2.0)}}
+    updates, _ = tx.update(grads, tx.init(params), params)
+    clipped = 2.0 / math.sqrt(4 * 4.0)  # global norm 4 -> 1
+    # The first matching pattern wins: the bias at 3x, the kernel at 0.5x, the rest at 1x.
+    np.testing.assert_allclose(updates["params"]["encoder"]["bias"], [-0.3 * clipped], rtol=1e-6)
+    np.testing.assert_allclose(updates["params"]["encoder"]["kernel"], [-0.05 * clipped] * 2, rtol=1e-6)
+    np.testing.assert_allclose(updates["params"]["log_scale"], [-0.1 * clipped], rtol=1e-6)
+    # A pattern that matches nothing is an error naming it.
+    typo = make_optimizer(dataclasses.replace(config, lr_factors=(("params/logscale", 2.0),)), total_steps=10)
+    with pytest.raises(ValueError, match=r"\['params/logscale'\] match no parameter"):
+        typo.init(params)
 
 
 def test_adamw_first_step_matches_the_textbook_update(rng):

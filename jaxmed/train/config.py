@@ -40,6 +40,12 @@ class OptimConfig:
       momentum: heavy-ball momentum for ``"sgd"`` (0 = plain SGD).
       grad_clip_norm: clip gradients to this global L2 norm before the
         optimiser sees them; ``None`` = no clipping.
+      lr_factors: ``((pattern, factor), ...)``: a parameter whose path (its
+        keys joined by ``/``, e.g. ``params/log_scale`` or
+        ``params/decoder/Dense_0/kernel``) matches the glob ``pattern``
+        (:func:`fnmatch.fnmatchcase`; the first match wins) learns at
+        ``factor`` times the scheduled rate; the others at the rate. Every
+        pattern must match some parameter.
     """
 
     optimizer: str = "adam"
@@ -50,8 +56,17 @@ class OptimConfig:
     weight_decay: float = 0.0
     momentum: float = 0.0
     grad_clip_norm: float | None = None
+    lr_factors: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self):
+        try:
+            factors = tuple((pattern, float(factor)) for pattern, factor in self.lr_factors)
+        except (TypeError, ValueError):
+            raise ValueError(f"OptimConfig.lr_factors must be (pattern, factor) pairs, got {self.lr_factors!r}") from None
+        object.__setattr__(self, "lr_factors", factors)
+        for pattern, factor in factors:
+            _check(isinstance(pattern, str) and pattern and math.isfinite(factor) and factor > 0,
+                   f"OptimConfig.lr_factors: need a pattern and a positive factor, got ({pattern!r}, {factor})")
         if self.optimizer not in OPTIMIZER_NAMES:
             raise ValueError(
                 f"OptimConfig.optimizer must be one of {OPTIMIZER_NAMES}, got {self.optimizer!r}"

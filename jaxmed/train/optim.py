@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 from collections.abc import Callable
+from typing import Any
 
+import jax
 import optax
 
 from jaxmed.train.config import OptimConfig
@@ -90,10 +94,45 @@ def make_optimizer(config: OptimConfig, *, total_steps: int) -> optax.GradientTr
 
     .. note::
       Clipping sees the raw gradient, before weight decay is added, so the
-      clip norm means the same thing for every optimiser.
+      clip norm means the same thing for every optimiser. With
+      ``config.lr_factors`` it clips the whole gradient, then each group of
+      parameters has its own optimiser, the same but for the peak rate.
     """
-    lr = make_schedule(config, total_steps=total_steps)
-    tx = OPTIMIZERS[config.optimizer](config, lr)
+    def build(learning_rate: float) -> optax.GradientTransformation:
+        scaled = dataclasses.replace(config, learning_rate=learning_rate, lr_factors=())
+        return OPTIMIZERS[config.optimizer](scaled, make_schedule(scaled, total_steps=total_steps))
+
+    tx = build(config.learning_rate)
+    if config.lr_factors:
+        groups = {"rate": tx}
+        for i, (_, factor) in enumerate(config.lr_factors):
+            groups[f"factor_{i}"] = build(config.learning_rate * factor)
+        tx = optax.multi_transform(groups, lambda params: lr_groups(params, config.lr_factors))
     if config.grad_clip_norm is not None:
         tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
     return tx
+
+
+def lr_groups(params: Any, lr_factors: tuple[tuple[str, float], ...]) -> Any:
+    """Per parameter, ``"factor_i"`` for the first pattern of ``lr_factors`` its path matches, else ``"rate"``.
+
+    Raises:
+      ValueError: a pattern matches no parameter (naming it and a few paths).
+    """
+    used = set()
+
+    def label(path, _):
+        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        for i, (pattern, _) in enumerate(lr_factors):
+            if fnmatch.fnmatchcase(name, pattern):
+                used.add(i)
+                return f"factor_{i}"
+        return "rate"
+
+    labels = jax.tree_util.tree_map_with_path(label, params)
+    unused = [pattern for i, (pattern, _) in enumerate(lr_factors) if i not in used]
+    if unused:
+        paths = ["/".join(str(getattr(k, "key", k)) for k in path)
+                 for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        raise ValueError(f"lr_factors pattern(s) {unused} match no parameter; parameters are e.g. {paths[:4]}")
+    return labels
