@@ -98,8 +98,8 @@ class Preprocessing:
       (display orientation, scaling by the brain's 99.5th percentile, one
       square field of view around the brain plus ``margin_mm``), with its
       ``orientation``, ``brain_threshold`` and ``min_brain_fraction``; for
-      models trained on the brain template (``jaxmed demo``). It reads one
-      file (NIfTI or DICOM), not a series folder.
+      models trained on the brain template (``jaxmed demo``). It works on
+      any volume :mod:`jaxmed.io` reads (file or series), through its affine.
 
     Attributes:
       image_size: ``(H, W)`` of the model's input, pixels.
@@ -251,16 +251,12 @@ def _minmax_slices(volume: Any, prep: Preprocessing) -> tuple[np.ndarray, np.nda
 def _brain_slices(volume: Any, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
     from jaxmed.data.brain_mri import load_brain_mri
 
-    source = getattr(volume, "source", None)
-    if not source or not os.path.isfile(source):
-        raise ValueError(f"{source or 'volume'}: brain-MRI preprocessing reads one NIfTI or DICOM file, "
-                         "not a series folder or an array")
     h, w = prep.image_size
     if h != w:
         raise ValueError(f"brain-MRI preprocessing makes square slices, not {prep.image_size}")
     # One split holding every slice with brain: the same selection and
     # scaling as the training slices, without a train/val/test cut.
-    splits = load_brain_mri(path=source, size=h, orientation=prep.orientation,
+    splits = load_brain_mri(volume=volume, size=h, orientation=prep.orientation,
                             min_brain_fraction=prep.min_brain_fraction, brain_threshold=prep.brain_threshold,
                             margin_mm=prep.margin_mm, pattern=("test",), guard=0)
     return splits.test["image"].astype(np.float32), splits.test["slice_index"].astype(np.int64)

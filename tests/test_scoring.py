@@ -5,6 +5,7 @@ the match score from the encoder's outputs with the closed-form Gaussian KL in
 numpy, thresholds and p-values from their definitions.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -295,7 +296,11 @@ def test_brain_preprocessing_reproduces_the_training_slices():
         rows = np.searchsorted(indices, split["slice_index"])
         np.testing.assert_array_equal(indices[rows], split["slice_index"])
         np.testing.assert_allclose(images[rows], split["image"], atol=1e-6)
-    with pytest.raises(ValueError, match="reads one NIfTI or DICOM file"):
+    # The volume given is the one used: no second read of its source.
+    moved = dataclasses.replace(volume, source="/nowhere/template.nii.gz")
+    again, _ = preprocess_volume(moved, Preprocessing(image_size=(32, 32), method="brain_mri"))
+    np.testing.assert_array_equal(again, images)
+    with pytest.raises(ValueError, match="must be a jaxmed.io.Volume"):
         preprocess_volume(np.zeros((3, 8, 8)), Preprocessing(image_size=(8, 8), method="brain_mri"))
 
 

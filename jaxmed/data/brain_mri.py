@@ -250,6 +250,7 @@ def load_brain_mri(
     guard: int = 3,
     pattern: tuple[str, ...] = ("train", "train", "train", "val", "test", "train", "train", "train", "test", "val"),
     path: str | os.PathLike | None = None,
+    volume: Any = None,
 ) -> BrainMRISplits:
     """Normalised 2D slices of a brain MRI volume, split without neighbours.
 
@@ -276,6 +277,8 @@ def load_brain_mri(
             ``"train"``, ``"val"``, ``"test"``.
         path: a NIfTI or DICOM volume; None reads the template
             (`template_path`).
+        volume: instead of ``path``, a volume already read
+            (a :class:`jaxmed.io.Volume`: its affine gives the orientation).
 
     Returns:
         `BrainMRISplits`. For the template with the defaults (axial, 64):
@@ -304,9 +307,15 @@ def load_brain_mri(
     unknown = set(pattern) - {"train", "val", "test"}
     if unknown:
         raise ValueError(f"pattern may only name 'train', 'val' and 'test', got {sorted(unknown)}")
-    path = os.fspath(template_path() if path is None else path)
-
-    volume = _read_volume(path)
+    if volume is None:
+        path = os.fspath(template_path() if path is None else path)
+        volume = _read_volume(path)
+    elif path is not None:
+        raise ValueError("give a path or a volume, not both")
+    else:
+        if not all(hasattr(volume, a) for a in ("array", "affine", "spacing")):
+            raise ValueError(f"volume must be a jaxmed.io.Volume (with an affine), got {type(volume).__name__}")
+        path = str(getattr(volume, "source", None) or "volume")
     array, spacing = _display_axes(volume.array, volume.affine, volume.spacing, path)
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{path}: volume holds NaN or infinite values")
