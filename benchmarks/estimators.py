@@ -45,6 +45,8 @@ import numpy as np
 from jaxmed.likelihood import log_px
 from jaxmed.models import PRESETS, VAE, vae_latent_model
 
+from _machine import machine
+
 
 def _parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -284,7 +286,7 @@ def main(argv=None):
         fields = dict(
             method=method, num_samples=k, batch=batch, images_per_s=round(images_per_s, 3),
             samples_per_s=round(images_per_s * k, 1), device_kind=device_kind,
-            compile_s=round(compile_s, 1), rounds=rounds, up_impl=config.up_impl, **options,
+            compile_s=round(compile_s, 1), rounds=rounds, up_impl=config.up_impl, **options, **machine(),
         )
         if ratios:
             base = statistics.median(theirs)

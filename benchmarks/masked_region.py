@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 
@@ -40,6 +39,8 @@ import optax
 from jaxmed.data.regions import one_modality_per_view, random_partition_regions
 from jaxmed.losses import blank_modalities, make_masked_region_loss, masked_mean
 from jaxmed.models import UNet
+
+from _machine import machine
 
 
 def _block(tree):
@@ -154,7 +155,7 @@ def main() -> None:
                 "speedup_shared": round(med["loop"] / med["shared"], 2) if "shared" in med else None,
                 "max_update_rel_diff": float(f"{max_diff:.2g}"),
                 "reps": args.reps,
-                "load_avg_1min": round(os.getloadavg()[0], 2),
+                **machine(),
                 "jax": jax.__version__,
                 "backend": jax.default_backend(),
             }

@@ -35,6 +35,8 @@ import statistics
 import sys
 import time
 
+from _machine import machine
+
 
 def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -203,7 +205,7 @@ def main(argv=None):
         "params": jax_params,
         "rounds": args.rounds,
         "steps_per_round": args.steps,
-        "load_avg_1min": round(os.getloadavg()[0], 2),
+        **machine(),
     }
     for name, ts in times.items():
         med = statistics.median(ts)
