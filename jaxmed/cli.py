@@ -176,6 +176,10 @@ def _run_train(args) -> int:
         print(f"trained {run.model} ({run.preset}) on {info['num_devices']} device(s) x "
               f"{info['num_processes']} process(es): steps {info['start_step']} -> "
               f"{int(result.state.step)} ({result.stop_reason}){'; ' + summary if summary else ''}")
+        data = info["data"]
+        if "num_train" in data:
+            how = f" ({data['split']})" if "split" in data else ""
+            print(f"data: {data['num_train']} training / {data['num_val']} validation images{how}")
         print(f"wrote {args.out}: config.json, metrics.jsonl, loss_curve.png, checkpoints/")
     return 0
 

@@ -76,6 +76,7 @@ def test_train_on_phantoms_lowers_the_validation_negative_elbo(phantom_run):
 
     assert float(mean_neg_elbo(params, val_images, keys)) == pytest.approx(val[-1], abs=0.05)
     assert "steps 0 -> 300" in printed and "2 device(s)" in printed
+    assert "data: 256 training / 64 validation images\n" in printed
 
 
 def test_refuses_a_non_empty_out_without_resume_or_force(tmp_path, capsys):
