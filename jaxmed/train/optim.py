@@ -107,22 +107,26 @@ def make_optimizer(config: OptimConfig, *, total_steps: int) -> optax.GradientTr
         groups = {"rate": tx}
         for i, (_, factor) in enumerate(config.lr_factors):
             groups[f"factor_{i}"] = build(config.learning_rate * factor)
-        tx = optax.multi_transform(groups, lambda params: lr_groups(params, config.lr_factors))
+        tx = optax.multi_transform(groups, lambda params: _lr_groups(params, config.lr_factors))
     if config.grad_clip_norm is not None:
         tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
     return tx
 
 
-def lr_groups(params: Any, lr_factors: tuple[tuple[str, float], ...]) -> Any:
+def _path_name(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def _lr_groups(params: Any, lr_factors: tuple[tuple[str, float], ...]) -> Any:
     """Per parameter, ``"factor_i"`` for the first pattern of ``lr_factors`` its path matches, else ``"rate"``.
 
     Raises:
-      ValueError: a pattern matches no parameter (naming it and a few paths).
+      ValueError: a pattern labels no parameter (naming it and a few paths).
     """
     used = set()
 
     def label(path, _):
-        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        name = _path_name(path)
         for i, (pattern, _) in enumerate(lr_factors):
             if fnmatch.fnmatchcase(name, pattern):
                 used.add(i)
@@ -132,7 +136,7 @@ def lr_groups(params: Any, lr_factors: tuple[tuple[str, float], ...]) -> Any:
     labels = jax.tree_util.tree_map_with_path(label, params)
     unused = [pattern for i, (pattern, _) in enumerate(lr_factors) if i not in used]
     if unused:
-        paths = ["/".join(str(getattr(k, "key", k)) for k in path)
-                 for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-        raise ValueError(f"lr_factors pattern(s) {unused} match no parameter; parameters are e.g. {paths[:4]}")
+        paths = [_path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        raise ValueError(f"lr_factors pattern(s) {unused} match no parameter (or only ones an earlier pattern "
+                         f"took); parameters are e.g. {paths[:4]}")
     return labels
