@@ -92,7 +92,8 @@ def _add_train(subparsers) -> None:
     g.add_argument("--pos-weight", type=float, metavar="W",
                    help="unet: weight of lesion pixels in the cross-entropy (default 5)")
     g.add_argument("--mixed-precision", action="store_true", default=None,
-                   help="compute in bfloat16, keep float32 parameters")
+                   help="compute in bfloat16, keep float32 parameters (for accelerators: on CPU, even with "
+                        "AVX512-BF16, it measured slower than float32; benchmarks/RESULTS.md)")
     g = p.add_argument_group("logging, evaluation, checkpoints")
     g.add_argument("--log-every", type=int, metavar="N", help="log training metrics every N steps (default 10)")
     g.add_argument("--eval-every", type=int, metavar="N",
