@@ -258,12 +258,13 @@ def main(argv=None):
         compile_s, estimate = _timed(lambda: estimator(jax.random.key(0), model, xs))
         ours, theirs, ratios = [], [], []
         baseline = None
+        numpyro_mcmc = partial(_numpyro_mcmc_per_image, model=model, num_warmup=args.mcmc_warmup,
+                               num_samples=args.mcmc_samples, num_chains=args.mcmc_chains,
+                               max_tree_depth=args.max_tree_depth)
         if method == "mcmc":
             # Warm-up, as ours is compiled above: NumPyro's first MCMC run in a
             # process costs ~17 s once; later images cost ~1 s of tracing each.
-            _numpyro_mcmc_per_image(jax.random.key(99), model, images[:1], num_warmup=args.mcmc_warmup,
-                                    num_samples=args.mcmc_samples, num_chains=args.mcmc_chains,
-                                    max_tree_depth=args.max_tree_depth)
+            numpyro_mcmc(jax.random.key(99), images=images[:1])
         rounds = args.slow_rounds if method in ("ais", "mcmc") else args.rounds
         for r in range(rounds):
             t, estimate = _timed(lambda: estimator(jax.random.key(r + 1), model, xs))
@@ -273,11 +274,7 @@ def main(argv=None):
                 tb, baseline = _timed(lambda: _torch_importance(encoder, decoder, nchw, k, generator))
             elif method == "mcmc":
                 n = args.baseline_images
-                tb, baseline = _timed(lambda: _numpyro_mcmc_per_image(
-                    jax.random.key(100 + r), model, images[:n], num_warmup=args.mcmc_warmup,
-                    num_samples=args.mcmc_samples, num_chains=args.mcmc_chains,
-                    max_tree_depth=args.max_tree_depth,
-                ))
+                tb, baseline = _timed(lambda: numpyro_mcmc(jax.random.key(100 + r), images=images[:n]))
             else:
                 continue
             theirs.append(args.baseline_images / tb)

@@ -6,13 +6,13 @@ logits, with the same data, steps, batch size and optimiser:
 
 - ``plain``: sigmoid cross-entropy on every pixel, all modalities present;
 - ``masked``: each example is split per step into ``M + 1 = 4`` random
-  disjoint regions (8x8-pixel cells, ``random_partition_regions``); view
-  ``v < 3`` replaces modality ``v`` by a blank (0) and computes the loss on
-  region ``v`` only, view 3 sees all modalities on its region; the update
+  disjoint regions (8x8-pixel cells, ``random_partition_regions``); view 0
+  sees all modalities on its region, view ``v + 1`` replaces modality ``v``
+  by a blank (0) and computes the loss on its region only; the update
   uses the sum of the four view losses (``jaxmed.losses.make_lesion_loss``
   with ``LesionLossConfig(masked=True)``, built on
   ``make_masked_region_loss``: the views are a vmapped axis).
-  ``--without-full-view`` drops view 3: the network then never sees all
+  ``--without-full-view`` drops view 0: the network then never sees all
   three modalities together and fails when none is missing (measured: Dice
   0.27 and sample AUROC 0.38 with all modalities, against 0.94-0.96 with
   one missing).

@@ -181,7 +181,11 @@ def _run_train(args) -> int:
         if "num_train" in data:
             how = f" ({data['split']})" if "split" in data else ""
             print(f"data: {data['num_train']} training / {data['num_val']} validation images{how}")
-        print(f"wrote {args.out}: config.json, metrics.jsonl, loss_curve.png, checkpoints/")
+        from pathlib import Path
+
+        written = [name + ("/" if Path(path).is_dir() else "") for name, path in info["paths"].items()
+                   if Path(path).exists()]
+        print(f"wrote {args.out}: {', '.join(written)}")
     return 0
 
 

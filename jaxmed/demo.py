@@ -293,15 +293,15 @@ def _phantom_data(config: DemoConfig, size: int) -> DemoData:
 
 
 def _brain_data(size: int) -> DemoData:
-    from jaxmed.data.brain_mri import load_brain_mri
-    from jaxmed.scoring import Preprocessing
+    from jaxmed.scoring import Preprocessing, load_brain_slices
 
-    splits = load_brain_mri(size=size)
+    prep = Preprocessing(image_size=(size, size), method="brain_mri")
+    splits = load_brain_slices(prep)
     train, val, test = (split["image"] for split in (splits.train, splits.val, splits.test))
     description = {"source": "brain-mri", "num_train": len(train), "num_val": len(val), "num_test": len(test),
                    **splits.description}
-    # load_brain_mri's defaults, so that `jaxmed score` slices a volume alike.
-    return DemoData(train, val, test, description, Preprocessing(image_size=(size, size), method="brain_mri"))
+    # Stored with the checkpoint, so that `jaxmed score` slices a volume alike.
+    return DemoData(train, val, test, description, prep)
 
 
 # ----------------------------------------------------------------------------

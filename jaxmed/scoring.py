@@ -52,6 +52,7 @@ __all__ = [
     "ScoreTable",
     "Scorer",
     "calibrate_paths",
+    "load_brain_slices",
     "load_calibration",
     "load_preprocessing",
     "load_scorer",
@@ -248,17 +249,33 @@ def _minmax_slices(volume: Any, prep: Preprocessing) -> tuple[np.ndarray, np.nda
     return images, slices.indices
 
 
-def _brain_slices(volume: Any, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+def load_brain_slices(prep: Preprocessing, **options: Any) -> Any:
+    """:func:`jaxmed.data.brain_mri.load_brain_mri` with the slicing of ``prep``.
+
+    The one place where a ``"brain_mri"`` :class:`Preprocessing` becomes
+    ``load_brain_mri`` options, for training data and scored volumes alike.
+
+    Args:
+      prep: a square ``image_size``; its orientation, thresholds and margin.
+      **options: the other ``load_brain_mri`` arguments (``path`` or
+        ``volume``, the split's ``pattern``, ``block_size``, ``guard``).
+
+    Returns:
+      ``load_brain_mri``'s ``BrainMRISplits``.
+    """
     from jaxmed.data.brain_mri import load_brain_mri
 
     h, w = prep.image_size
     if h != w:
         raise ValueError(f"brain-MRI preprocessing makes square slices, not {prep.image_size}")
+    return load_brain_mri(size=h, orientation=prep.orientation, min_brain_fraction=prep.min_brain_fraction,
+                          brain_threshold=prep.brain_threshold, margin_mm=prep.margin_mm, **options)
+
+
+def _brain_slices(volume: Any, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
     # One split holding every slice with brain: the same selection and
     # scaling as the training slices, without a train/val/test cut.
-    splits = load_brain_mri(volume=volume, size=h, orientation=prep.orientation,
-                            min_brain_fraction=prep.min_brain_fraction, brain_threshold=prep.brain_threshold,
-                            margin_mm=prep.margin_mm, pattern=("test",), guard=0)
+    splits = load_brain_slices(prep, volume=volume, pattern=("test",), guard=0)
     return splits.test["image"].astype(np.float32), splits.test["slice_index"].astype(np.int64)
 
 
@@ -621,9 +638,10 @@ def score_paths(
     indices = np.concatenate([it.indices for it in items]) if items else np.zeros((0,), np.int64)
     scores = score_images(jax.random.key(spec.seed), scorer.model, scorer.params, images, spec=spec,
                           indices=indices, progress=progress)
-    p_values = classify(scores, calibration).p_value if calibration is not None else np.full(len(scores), np.nan)
+    decisions = None if calibration is None else classify(scores, calibration)
+    p_values = np.full(len(scores), np.nan) if decisions is None else decisions.p_value
+    num_reference = None if decisions is None else decisions.num_reference
     cut = threshold if threshold is not None else (calibration.threshold if calibration is not None else None)
-    num_reference = None if calibration is None else int(calibration.reference_scores.size)
     bounds = np.cumsum([0] + [len(it.images) for it in items])
     rows = []
     for it, start, stop in zip(items, bounds[:-1], bounds[1:]):

@@ -142,9 +142,9 @@ def test_dicom_folder_source_normalises_and_slices(tmp_path):
                                            method="linear", antialias=False))
     kept = [s for s in expected if np.mean(s > 0.05) >= 0.05]
     assert len(kept) == 10
-    # One scan of 10 slices: blocks of 1, every fifth (positions 4, 9) for
-    # validation; the training slices next to them (3, 5, 8) are dropped.
-    for split, positions in ((data.train, [0, 1, 2, 6, 7]), (data.val, [4, 9])):
+    # One scan of 10 slices: blocks of 2, every fifth (positions 8, 9) for
+    # validation; the training slice next to them (7) is dropped.
+    for split, positions in ((data.train, [0, 1, 2, 3, 4, 5, 6]), (data.val, [8, 9])):
         assert len(split["image"]) == len(positions)
         for image, p in zip(split["image"][..., 0], positions):
             assert np.abs(image - kept[p]).max() < 1e-4
@@ -197,6 +197,13 @@ def test_split_scans_by_hand():
     assert how.startswith("one scan: blocks of 2")
     # At most num_val, evenly spaced.
     assert split_scans([np.arange(40)], seed=0, num_val=3)[1].tolist() == [8, 28, 39]
+    # 20 slices: still blocks of 2; 7 slices: blocks of 1 (validation 4; 3 and 5
+    # dropped); 4 slices: no validation slice at all.
+    train, val, _ = split_scans([np.arange(20)], seed=0, num_val=50)
+    assert val.tolist() == [8, 9, 18, 19] and train.tolist() == [0, 1, 2, 3, 4, 5, 6, 11, 12, 13, 14, 15, 16]
+    train, val, _ = split_scans([np.arange(7)], seed=0, num_val=50)
+    assert val.tolist() == [4] and train.tolist() == [0, 1, 2, 6]
+    assert split_scans([np.arange(4)], seed=0, num_val=50)[1].tolist() == []
 
 
 @pytest.mark.parametrize(
@@ -301,3 +308,26 @@ def test_lr_factor_flag_reaches_the_optimiser(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train("bad", "--lr-factor", "params/decoder")
     assert "expected PATTERN=FACTOR" in capsys.readouterr().err
+
+
+def test_resume_refuses_data_whose_split_changed(tmp_path, capsys):
+    import nibabel as nib
+
+    data = tmp_path / "scans"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+
+    def add_scan(name):
+        volume = rng.uniform(size=(12, 8, 8)).astype(np.float32)
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), data / f"{name}.nii.gz")
+
+    for name in ("a", "b", "c"):
+        add_scan(name)
+    argv = ["train", "--data", str(data), "--preset", "tiny", "--steps", "2", "--batch-size", "4",
+            "--eval-every", "0", "--devices", "1", "--no-progress", "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    assert main([*argv[:-2], "--steps", "3", "--out", str(tmp_path / "run"), "--resume"]) == 0
+    add_scan("d")  # a new scan changes the split: validation might now hold training slices
+    assert main([*argv[:-2], "--steps", "4", "--out", str(tmp_path / "run"), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "num_train" in err and "num_volumes" in err

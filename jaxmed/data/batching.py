@@ -37,7 +37,6 @@ import operator
 from collections.abc import Iterator
 
 import jax
-
 import numpy as np
 
 __all__ = ["batch_indices", "iterate_batches", "steps_per_epoch"]
@@ -100,7 +99,8 @@ def _epoch_permutation(epoch: int, *, num_examples: int, seed: int) -> np.ndarra
 
 def _shard(global_batch: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
     per_process = global_batch.shape[0] // process_count
-    return global_batch[process_index * per_process : (process_index + 1) * per_process]
+    # A copy: global_batch is a view of the cached (read-only) epoch permutation.
+    return global_batch[process_index * per_process : (process_index + 1) * per_process].copy()
 
 
 def batch_indices(

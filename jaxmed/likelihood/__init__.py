@@ -4,10 +4,16 @@ A model is any :class:`LatentVariableModel` (``log_prior``, ``log_likelihood``,
 ``proposal``, each for one example). :func:`log_px` estimates log p(x) for a batch
 by one of :data:`ESTIMATORS`; the per-example estimators are public too, and so
 are the Gaussian formulas (:func:`standard_normal_log_prob`,
+:func:`diag_normal_log_prob`, :func:`diag_normal_sample`,
 :func:`kl_to_standard_normal`) that ``jaxmed.models`` shares with them.
 """
 
-from jaxmed.likelihood._gaussian import kl_to_standard_normal, standard_normal_log_prob
+from jaxmed.likelihood._gaussian import (
+    diag_normal_log_prob,
+    diag_normal_sample,
+    kl_to_standard_normal,
+    standard_normal_log_prob,
+)
 from jaxmed.likelihood.ais import (
     SCHEDULES,
     AISInfo,
@@ -45,6 +51,8 @@ __all__ = [
     "ais_log_px",
     "annealing_schedule",
     "bdmc",
+    "diag_normal_log_prob",
+    "diag_normal_sample",
     "effective_sample_size",
     "importance_log_px",
     "kl_to_standard_normal",

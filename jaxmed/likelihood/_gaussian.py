@@ -24,7 +24,7 @@ def diag_normal_log_prob(z: Array, mean: Array, std: Array) -> Array:
 
 
 def diag_normal_sample(key: Array, mean: Array, std: Array) -> tuple[Array, Array]:
-    """A draw z ~ N(mean, diag(std^2)) of a ``(d,)`` vector, and its log density in nats.
+    """A draw z ~ N(mean, diag(std^2)) of ``(..., d)`` vectors, and its log density in nats.
 
     The log density is taken from the standard-normal noise (no division by std).
     """

@@ -26,7 +26,7 @@ def _proposal_estimate(
     return_diagnostics: bool,
     mesh: Mesh | None,
 ) -> Array | tuple[Array, Diagnostics]:
-    """log (1/N) sum_i w_i with ``w_i = log_weight(z_i, log q(z_i|x))``, z_i ~ q(z|x)."""
+    """log (1/N) sum_i w_i with ``log w_i = log_weight(z_i, log q(z_i|x))``, z_i ~ q(z|x)."""
     _reduce.validate_sampling(num_samples, chunk_size, method)
     mean, std = model.proposal(x)  # x is encoded once, outside the sample loop
 

@@ -48,7 +48,8 @@ def _fit_factor(cov: Array, *, density: str, student_t_df: float, fit_scale: flo
     barely moved along some direction it is singular or, after rounding,
     slightly indefinite (seen in float32: smallest eigenvalue -1e-7 against a
     trace of 0.5), and a Cholesky factor would be NaN. So its eigenvalues are
-    floored at ``1e-6`` times their mean (or at ``min_variance`` when larger)
+    floored at ``1e-6`` times their mean (or at ``min_variance``, scaled like
+    the covariance, when larger)
     and the triangular factor is taken by a QR decomposition of the
     eigen-factor, which is finite for any floored spectrum.
     """
@@ -224,11 +225,13 @@ def mcmc_log_px(
             sum_dz = sum_dz + jnp.where(fitting, jnp.sum(dz, axis=0), 0.0)
             sum_dz2 = sum_dz2 + jnp.where(fitting, dz.T @ dz, 0.0)
             q = jax.lax.cond(i == fit_end - 1, fit, lambda *_: q, sum_dz, sum_dz2)
-            log_q = jax.vmap(lambda z: _log_q(z, *q, density=density, student_t_df=student_t_df))
-            # potential_energy = -log p(z) - log p(x|z) at the new z: no extra pass.
-            log_v = log_q(state.z) + state.potential_energy
-            updated = _reduce.add_log_weights(stats, log_v)
-            stats = jax.tree.map(lambda new, old: jnp.where(i >= fit_end, new, old), updated, stats)
+
+            def add_weights(stats):
+                log_q = jax.vmap(lambda z: _log_q(z, *q, density=density, student_t_df=student_t_df))
+                # potential_energy = -log p(z) - log p(x|z) at the new z: no extra pass.
+                return _reduce.add_log_weights(stats, log_q(state.z) + state.potential_energy)
+
+            stats = jax.lax.cond(i >= fit_end, add_weights, lambda stats: stats, stats)
             return state, sum_dz, sum_dz2, q, stats
 
         carry = (

@@ -293,8 +293,10 @@ class LesionLossConfig:
     Attributes:
       masked: masked-region training: each example is split per step into
         random disjoint regions (``cell``-pixel squares dealt to the views by
-        :func:`~jaxmed.data.regions.random_partition_regions`) and view ``v``
-        blanks modality ``v`` (:func:`~jaxmed.data.regions.single_modality_drops`).
+        :func:`~jaxmed.data.regions.random_partition_regions`); view ``v``
+        blanks modality ``v``, or with ``include_none`` (the default) view 0
+        blanks nothing and view ``v`` blanks modality ``v - 1``
+        (:func:`~jaxmed.data.regions.single_modality_drops`).
         False: one view, every pixel, nothing blanked.
       cell: side of the region cells, pixels.
       include_none: add a view with nothing blanked (``M + 1`` views, the

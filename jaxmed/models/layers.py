@@ -392,7 +392,7 @@ def conv_transpose(
     ]
     y = _conv_stride1(jnp.pad(x, [(0, 0), *pads, (0, 0)]), w, method=_STRIDE1_METHOD[impl])
     y = y.reshape(*y.shape[:-1], *strides, c_out)
-    # Interleave axis by axis: phase r of axis i is read from offset d0_r + pad_lo.
+    # Interleave axis by axis: phase r of axis i is read from offset d0_r + lo.
     for axis in range(rank):
         _, _, d0 = layouts[axis]
         lo = pads[axis][0]

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from jaxmed.likelihood import standard_normal_log_prob
+from jaxmed.likelihood import diag_normal_log_prob, standard_normal_log_prob
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -134,8 +134,7 @@ class LinearGaussian:
 
     def log_likelihood(self, x: Array, z: Array) -> Array:
         """log N(x; W z + b, sigma^2 I_D) for ``x`` ``(D,)`` and ``z`` ``(d,)``."""
-        residual = (x - self.weight @ z - self.bias) / self.noise_std
-        return standard_normal_log_prob(residual) - self.data_dim * jnp.log(self.noise_std)
+        return diag_normal_log_prob(x, self.weight @ z + self.bias, self.noise_std)
 
     def proposal(self, x: Array) -> tuple[Array, Array]:
         """Diagonal of the exact posterior, shifted and scaled: ``(mean, std)``, each ``(d,)``."""

@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmed.likelihood._gaussian import diag_normal_sample
+from jaxmed.likelihood import diag_normal_sample
 from jaxmed.models.layers import OUTPUT_ACTIVATIONS, TrunkConfig, at_least_f32, flatten_batch
 from jaxmed.models.observation import LIKELIHOODS
 

@@ -113,10 +113,6 @@ def make_optimizer(config: OptimConfig, *, total_steps: int) -> optax.GradientTr
     return tx
 
 
-def _path_name(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
 def _lr_groups(params: Any, lr_factors: tuple[tuple[str, float], ...]) -> Any:
     """Per parameter, ``"factor_i"`` for the first pattern of ``lr_factors`` its path matches, else ``"rate"``.
 
@@ -126,7 +122,7 @@ def _lr_groups(params: Any, lr_factors: tuple[tuple[str, float], ...]) -> Any:
     used = set()
 
     def label(path, _):
-        name = _path_name(path)
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
         for i, (pattern, _) in enumerate(lr_factors):
             if fnmatch.fnmatchcase(name, pattern):
                 used.add(i)
@@ -136,7 +132,8 @@ def _lr_groups(params: Any, lr_factors: tuple[tuple[str, float], ...]) -> Any:
     labels = jax.tree_util.tree_map_with_path(label, params)
     unused = [pattern for i, (pattern, _) in enumerate(lr_factors) if i not in used]
     if unused:
-        paths = [_path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        paths = [jax.tree_util.keystr(path, simple=True, separator="/")
+                 for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
         raise ValueError(f"lr_factors pattern(s) {unused} match no parameter (or only ones an earlier pattern "
                          f"took); parameters are e.g. {paths[:4]}")
     return labels

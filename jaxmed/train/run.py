@@ -11,6 +11,7 @@ config and the data description), ``preprocess.json`` (for scans: how
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -154,6 +155,19 @@ def _check_resumable(run: RunConfig, stored: RunConfig, out_dir: Path) -> None:
         )
 
 
+def _check_same_data(stored: Any, loaded: dict[str, Any], out_dir: Path) -> None:
+    """A resumed run must see the data, and the train/validation split, it started with."""
+    loaded = json.loads(json.dumps(loaded))  # as config.json holds it
+    if stored is None or stored == loaded:
+        return
+    keys = sorted(k for k in set(stored) | set(loaded) if stored.get(k) != loaded.get(k))
+    raise ValueError(
+        f"{out_dir}: cannot resume: the data or its train/validation split changed since the run started "
+        f"(differs in {', '.join(keys)}; e.g. files added, or a jaxmed version that splits differently). "
+        "Train into a new --out."
+    )
+
+
 def stored_run_config(out_dir: str | os.PathLike) -> RunConfig | None:
     """The :class:`RunConfig` saved in ``out_dir/config.json``, or None if there is none."""
     out_dir = Path(out_dir)
@@ -269,6 +283,8 @@ def train_model(
 
     data = load_image_splits(run.data, image_shape=tuple(model_config.image_shape), seed=cfg.seed,
                              num_train=run.num_train, num_val=run.num_val, targets=spec.targets)
+    if resuming:
+        _check_same_data(load_config(out_dir).get("data"), data.description, out_dir)
     num_train = len(data.train["image"])
     if num_train < cfg.batch_size:
         raise ValueError(f"the batch size ({cfg.batch_size}) is larger than the training set ({num_train} images)")

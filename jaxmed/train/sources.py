@@ -64,9 +64,9 @@ def load_image_splits(
       image_shape: ``(H, W, C)`` the model takes.
       seed: seeds the phantoms and the train/validation split of files.
       num_train: phantoms only: number of training images.
-      num_val: number of validation images (phantoms); for files, the target
-        (also at most a fifth of the slices), met as closely as whole scans
-        or blocks of slices allow (:func:`split_scans`).
+      num_val: number of validation images (phantoms); for files, a target
+        (capped at a fifth of the slices) met as closely as whole scans or
+        blocks of slices allow, which may mean more (:func:`split_scans`).
       targets: per-pixel targets to load beside the images: ``()`` (normal
         images only, for a VAE or autoencoder) or ``("lesion_mask",)``
         (phantoms with lesions in about half of the samples).
@@ -117,22 +117,17 @@ def _phantoms(image_shape, *, seed, num_train, num_val, lesions) -> ImageSplits:
 
 
 def _brain_mri(image_shape) -> ImageSplits:
-    try:
-        from jaxmed.data.brain_mri import load_brain_mri
-    except ImportError as e:
-        raise ValueError(f"--data brain-mri needs jaxmed.data.brain_mri ({e})") from None
+    from jaxmed.scoring import Preprocessing, load_brain_slices
+
     h, w, c = image_shape
     if h != w or c != 1:
         raise ValueError(f"brain-mri slices are square and single-channel; the model takes {tuple(image_shape)}")
-    from jaxmed.scoring import Preprocessing
-
-    splits = load_brain_mri(size=h)
+    prep = Preprocessing(image_size=(h, w), method="brain_mri")
+    splits = load_brain_slices(prep)
     train, val = (np.asarray(split["image"], np.float32) for split in (splits.train, splits.val))
     description = {"source": "brain-mri", "num_train": len(train), "num_val": len(val),
                    "details": splits.description}
-    # load_brain_mri's defaults, as above.
-    return ImageSplits({"image": train}, {"image": val}, description, [],
-                       Preprocessing(image_size=(h, w), method="brain_mri"))
+    return ImageSplits({"image": train}, {"image": val}, description, [], prep)
 
 
 def _files(source, image_shape, *, seed, num_val) -> ImageSplits:
@@ -182,11 +177,14 @@ def split_scans(
     two or more scans, whole scans go to validation: scans in a seeded random
     order, each taken while the validation set stays within its target of
     ``min(num_val, total // 5)`` slices (at least 1) and one scan is left for
-    training; if none fits, the smallest scan. A single scan is cut into
-    blocks of ``max(1, N // 20)`` neighbouring slices, every fifth block for
-    validation (:func:`jaxmed.data.brain_mri.split_slices`, guard of 1 slice:
-    training slices next to a validation block are dropped); at most
-    ``num_val`` of them, evenly spaced, are kept.
+    training; if none fits, the smallest scan (then validation holds more
+    than the target: with two equal scans, half the slices). A single scan
+    of N slices is cut into blocks of neighbouring slices (1 slice for N <
+    10, else ``max(2, N // 20)``), every fifth block for validation
+    (:func:`jaxmed.data.brain_mri.split_slices`, guard of 1 slice: training
+    slices next to a validation block are dropped); at most ``num_val`` of
+    them, evenly spaced, are kept. A scan of fewer than 5 slices gets no
+    validation slice.
 
     Args:
       slice_indices: per scan, the increasing slice indices of its images;
@@ -202,9 +200,8 @@ def split_scans(
 
     counts = [len(s) for s in slice_indices]
     starts = np.cumsum([0, *counts])
-    target = max(1, min(num_val, starts[-1] // 5))
     if len(counts) == 1:
-        block = max(1, counts[0] // 20)
+        block = 1 if counts[0] < 10 else max(2, counts[0] // 20)
         parts = split_slices(np.asarray(slice_indices[0]), block_size=block, guard=1,
                              pattern=("train",) * 4 + ("val",))
         train, val = parts["train"], parts.get("val", np.zeros(0, np.int64))
@@ -212,6 +209,7 @@ def split_scans(
             val = val[np.unique(np.linspace(0, len(val) - 1, max(num_val, 1)).round().astype(int))]
         return train.astype(np.int64), val.astype(np.int64), (
             f"one scan: blocks of {block} slices, every fifth for validation, 1-slice guard")
+    target = max(1, min(num_val, starts[-1] // 5))
     order = np.random.default_rng(seed).permutation(len(counts))
     chosen, size = [], 0
     for scan in order:
