@@ -1,11 +1,7 @@
-"""Procedural phantoms: synthetic scans whose ground truth is known.
+"""The multi-contrast MRI phantom: synthetic pelvic scans whose ground truth is known.
 
-Each phantom kind is a frozen config dataclass and a pure, jittable, vmappable
-``sample(key, config) -> dict of arrays``; `PHANTOMS` is the explicit registry
-of kinds and `make_dataset` draws many samples at once. New kinds (chest
-radiographs, report text) add a config, a sampler and a registry entry.
-
-Kind ``"mri"`` (`MRIPhantomConfig`, `sample_mri`) is a multi-contrast pelvic
+Kind ``"mri"`` of :data:`jaxmed.data.phantoms.PHANTOMS` (`MRIPhantomConfig`,
+`sample_mri`) is a multi-contrast pelvic
 MRI in the manner of prostate MRI, in 2D or 3D (ellipses or ellipsoids):
 
 * anatomy as nested ellipsoids: a body (pelvic soft tissue) containing an
@@ -33,24 +29,31 @@ References:
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmed.data.phantoms._draw import (
+    coordinates,
+    inside_ellipsoid,
+    normal,
+    random_words,
+    rician,
+    rotate,
+    smooth_fields,
+    uniform,
+)
+
 __all__ = [
     "CONTRASTS",
-    "PHANTOMS",
     "TISSUES",
     "MRIPhantomConfig",
-    "PhantomKind",
     "Tissue",
-    "make_dataset",
     "sample_mri",
 ]
 
@@ -160,99 +163,6 @@ class MRIPhantomConfig:
             raise ValueError(f"b_value must be >= 0 s/mm^2, got {self.b_value}")
 
 
-def _coordinates(shape: tuple[int, ...]) -> jax.Array:
-    """Pixel-centre coordinates, isotropic, -1..1 across the largest axis: ``[*shape, ndim]``."""
-    half = max(shape) / 2
-    axes = [(jnp.arange(n) + 0.5 - n / 2) / half for n in shape]
-    return jnp.stack(jnp.meshgrid(*axes, indexing="ij"), axis=-1)
-
-
-def _inside(coords: jax.Array, centre: jax.Array, semi_axes: jax.Array, angle: jax.Array) -> jax.Array:
-    """Whether each point lies in an ellipsoid rotated by ``angle`` in the last two axes.
-
-    Args:
-        coords: ``[*shape, ndim]``.
-        centre: ``[ndim]``.
-        semi_axes: ``[ndim]``, in the ellipsoid's own frame.
-        angle: scalar, radians.
-
-    Returns:
-        bool ``[*shape]``.
-    """
-    ndim = coords.shape[-1]
-    offset = coords - jnp.reshape(centre, (1,) * ndim + (ndim,))
-    c, s = jnp.cos(angle), jnp.sin(angle)
-    u, v = offset[..., -2], offset[..., -1]
-    rotated = jnp.concatenate([offset[..., :-2], jnp.stack([c * u + s * v, -s * u + c * v], axis=-1)], axis=-1)
-    q = jnp.sum(jnp.square(rotated / jnp.reshape(semi_axes, (1,) * ndim + (ndim,))), axis=-1)
-    return q <= 1.0
-
-
-def _rotate(vector: jax.Array, angle: jax.Array) -> jax.Array:
-    """Rotates the last two components of ``vector [ndim]`` by ``angle`` (inverse of `_inside`'s frame change)."""
-    c, s = jnp.cos(angle), jnp.sin(angle)
-    u, v = vector[-2], vector[-1]
-    return jnp.concatenate([vector[:-2], jnp.stack([c * u - s * v, s * u + c * v])])
-
-
-def _random_words(key: jax.Array, shapes: dict[str, tuple[int, ...]]) -> dict[str, jax.Array]:
-    """Random uint32 words in named blocks, from a single `jax.random.bits` call.
-
-    One call, not one per quantity: every random call inlines its own
-    Threefry hash, and under vmap each added about half a second of XLA:CPU
-    compile time (eight of them more than doubled it).
-    """
-    sizes = [math.prod(shape) for shape in shapes.values()]
-    words = jax.random.bits(key, (sum(sizes),), dtype=jnp.uint32)
-    offsets = np.cumsum([0] + sizes)
-    return {
-        name: jnp.reshape(words[start:stop], shape)
-        for (name, shape), start, stop in zip(shapes.items(), offsets[:-1], offsets[1:], strict=True)
-    }
-
-
-def _uniform(words: jax.Array) -> jax.Array:
-    """uint32 words -> float32 uniform in ``[0, 1)`` (23 mantissa bits, as `jax.random.uniform`)."""
-    mantissa = jnp.right_shift(words, np.uint32(9)) | np.uint32(0x3F800000)
-    return jax.lax.bitcast_convert_type(mantissa, jnp.float32) - 1.0
-
-
-def _normal(words: jax.Array) -> jax.Array:
-    """uint32 words -> float32 standard normal by the inverse CDF (as `jax.random.normal`)."""
-    lo = np.nextafter(np.float32(-1.0), np.float32(0.0))
-    return np.float32(math.sqrt(2.0)) * jax.lax.erf_inv(jnp.maximum(2.0 * _uniform(words) - 1.0, lo))
-
-
-def _smooth_fields(words: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """Independent smooth random fields of roughly unit variance.
-
-    Args:
-        words: uint32 ``[count, cells, ..., cells]``: the coarse grids.
-        shape: output spatial shape.
-
-    Returns:
-        float32 ``[count, *shape]``: coarse Gaussian noise, cubic-interpolated.
-    """
-    return jax.image.resize(_normal(words), (words.shape[0], *shape), method="cubic")
-
-
-def _rician(words: jax.Array, signal: jax.Array, *, noise_std: float) -> jax.Array:
-    """Magnitude of ``signal`` plus complex Gaussian noise: Rician samples, shaped like ``signal``.
-
-    The complex noise ``r * exp(i theta)`` is drawn in polar form (Box-Muller)
-    from one 32-bit word per pixel, two 16-bit uniforms: half the random bits
-    of two `jax.random.normal` draws, which dominate the phantom's cost on CPU.
-    Its radius is therefore truncated at ``sqrt(2 ln 2^17) = 4.8`` standard
-    deviations. ``words`` is uint32 shaped like ``signal``.
-    """
-    u1 = ((words >> 16).astype(jnp.float32) + 0.5) * (1.0 / 65536)  # in (0, 1): log is finite
-    u2 = (words & 0xFFFF).astype(jnp.float32) * (1.0 / 65536)
-    r = noise_std * jnp.sqrt(-2.0 * jnp.log(u1))
-    # |s + r e^{i theta}|^2 = s^2 + r^2 + 2 s r cos(theta); clamp rounding below 0.
-    power = jnp.square(signal) + jnp.square(r) + 2.0 * signal * r * jnp.cos(2.0 * jnp.pi * u2)
-    return jnp.sqrt(jnp.maximum(power, 0.0))
-
-
 def _scales(config: MRIPhantomConfig) -> np.ndarray:
     """Per-contrast factor that maps the brightest noise-free tissue to 0.8: ``[M]``."""
     # Evaluated eagerly even inside jit: the scales are constants of the config.
@@ -290,7 +200,7 @@ def _anatomy(words: dict[str, jax.Array], coords: jax.Array, config: MRIPhantomC
         ``[*S]``, number of lesions int32 ``[]``).
     """
     ndim = len(config.shape)
-    u = iter(jnp.split(2.0 * _uniform(words["geometry"]) - 1.0, 3 * ndim + 6))  # in [-1, 1)
+    u = iter(jnp.split(2.0 * uniform(words["geometry"]) - 1.0, 3 * ndim + 6))  # in [-1, 1)
 
     def draw(count=1):
         return jnp.concatenate([next(u) for _ in range(count)])
@@ -311,11 +221,11 @@ def _anatomy(words: dict[str, jax.Array], coords: jax.Array, config: MRIPhantomC
     # inside the organ, leaving the peripheral zone as a posterior crescent.
     tz_scale = 0.5 + 0.15 * unit(draw())
     tz_shift = jnp.zeros(ndim).at[-2].set(-(0.15 + 0.15 * unit(draw())) * organ_semi[-2])
-    tz_centre = organ_centre + _rotate(tz_shift, organ_angle)
+    tz_centre = organ_centre + rotate(tz_shift, organ_angle)
 
-    in_body = _inside(coords, jnp.zeros(ndim), body_semi, body_angle)
-    in_organ = _inside(coords, organ_centre, organ_semi, organ_angle) & in_body
-    in_tz = _inside(coords, tz_centre, tz_scale * organ_semi, organ_angle) & in_organ
+    in_body = inside_ellipsoid(coords, jnp.zeros(ndim), body_semi, body_angle)
+    in_organ = inside_ellipsoid(coords, organ_centre, organ_semi, organ_angle) & in_body
+    in_tz = inside_ellipsoid(coords, tz_centre, tz_scale * organ_semi, organ_angle) & in_organ
 
     # Lesions: a fixed number of candidates (static shapes), the first
     # num_lesions of them active. Centres are uniform in the inner 70% of the
@@ -328,18 +238,18 @@ def _anatomy(words: dict[str, jax.Array], coords: jax.Array, config: MRIPhantomC
     half = max(config.shape) / 2
     sizes = jnp.asarray(config.shape, dtype=jnp.float32)
     lo, hi = config.lesion_radius
-    lesion_u = _uniform(words["lesion"])
-    directions = _normal(words["direction"])
+    lesion_u = uniform(words["lesion"])
+    directions = normal(words["direction"])
 
     def lesion(u_i, direction, index):
         direction = direction / jnp.linalg.norm(direction)
         radius = 0.7 * u_i[0] ** (1.0 / ndim)  # uniform in the ball of radius 0.7
-        centre = organ_centre + _rotate(radius * direction * organ_semi, organ_angle)
+        centre = organ_centre + rotate(radius * direction * organ_semi, organ_angle)
         pixel = jnp.clip(jnp.round(centre * half + sizes / 2 - 0.5), 0, sizes - 1)
         centre = (pixel + 0.5 - sizes / 2) / half
         semi = jnp.mean(organ_semi) * (lo + (hi - lo) * u_i[1 : ndim + 1])
         angle = math.pi * (2.0 * u_i[ndim + 1] - 1.0)
-        return _inside(coords, centre, semi, angle) & (index < num_lesions)
+        return inside_ellipsoid(coords, centre, semi, angle) & (index < num_lesions)
 
     lesions = jax.vmap(lesion)(lesion_u, directions, jnp.arange(config.max_lesions))
     in_lesion = jnp.any(lesions, axis=0) & in_organ
@@ -377,7 +287,7 @@ def sample_mri(key: jax.Array, config: MRIPhantomConfig) -> dict[str, jax.Array]
     shape = config.shape
     ndim = len(shape)
     num_modalities = len(config.modalities)
-    words = _random_words(
+    words = random_words(
         key,
         {
             **_anatomy_words(config),
@@ -385,17 +295,17 @@ def sample_mri(key: jax.Array, config: MRIPhantomConfig) -> dict[str, jax.Array]
             "noise": (*shape, num_modalities),
         },
     )
-    coords = _coordinates(shape)
+    coords = coordinates(shape)
     label, organ, lesion, num_lesions = _anatomy(words, coords, config)
 
     s0_table, adc_table = _tissue_tables()
-    texture = 1.0 + config.texture_strength * _smooth_fields(words["texture"], shape)
+    texture = 1.0 + config.texture_strength * smooth_fields(words["texture"], shape)
     s0 = s0_table[label] * jnp.maximum(texture[0], 0.0)
     adc = adc_table[label] * jnp.maximum(texture[1], 0.0)
 
     clean = jnp.stack([CONTRASTS[m](s0, adc, b_value=config.b_value) for m in config.modalities], axis=-1)
     clean = clean * jnp.reshape(jnp.asarray(_scales(config)), (1,) * ndim + (-1,))
-    image = _rician(words["noise"], clean, noise_std=config.noise_std)
+    image = rician(words["noise"], clean, noise_std=config.noise_std)
     return {
         "image": jnp.clip(image, 0.0, 1.0).astype(jnp.float32),
         "lesion_mask": lesion,
@@ -404,66 +314,3 @@ def sample_mri(key: jax.Array, config: MRIPhantomConfig) -> dict[str, jax.Array]
         "has_lesion": jnp.any(lesion),
         "num_lesions": num_lesions.astype(jnp.int32),
     }
-
-
-class PhantomKind(NamedTuple):
-    """A registry entry: the config type of a kind and its sampler ``sample(key, config)``."""
-
-    config: type
-    sample: Callable[[jax.Array, Any], dict[str, jax.Array]]
-
-
-PHANTOMS: dict[str, PhantomKind] = {
-    "mri": PhantomKind(config=MRIPhantomConfig, sample=sample_mri),
-}
-
-
-def make_dataset(key: jax.Array, n: int, *, kind: str = "mri", config=None, chunk_size: int = 512) -> dict[str, np.ndarray]:
-    """Draws ``n`` phantoms of one kind, as host arrays.
-
-    Sample ``i`` is ``PHANTOMS[kind].sample(jax.random.fold_in(key, i),
-    config)``, so a data set of ``n`` is a prefix of one of ``n + m``. The
-    sampler is jitted and vmapped over chunks of ``chunk_size`` keys, compiled
-    once per (kind, config, chunk size); each chunk is moved to the host as it
-    is made, so device memory stays bounded.
-
-    Args:
-        key: PRNG key.
-        n: number of samples, >= 1.
-        kind: a key of `PHANTOMS`.
-        config: an instance of ``PHANTOMS[kind].config``; None uses its
-            defaults.
-        chunk_size: samples generated per vectorised chunk.
-
-    Returns:
-        The sampler's dict with a leading axis of ``n`` on every array (numpy).
-        For the default ``"mri"`` config: ``"image"`` float32
-        ``[n, 64, 64, 3]`` in ``[0, 1]``; use
-        ``MRIPhantomConfig(modalities=("t2",))`` for single-channel
-        ``[n, 64, 64, 1]`` images, and ``lesion_probability=0`` for a set of
-        normal scans.
-
-    Raises:
-        ValueError: unknown kind, a config of the wrong type, or a bad ``n``.
-    """
-    if kind not in PHANTOMS:
-        raise ValueError(f"unknown phantom kind {kind!r}; known: {sorted(PHANTOMS)}")
-    entry = PHANTOMS[kind]
-    config = entry.config() if config is None else config
-    if not isinstance(config, entry.config):
-        raise ValueError(f"phantom kind {kind!r} takes a {entry.config.__name__}, got {type(config).__name__}")
-    if n < 1 or chunk_size < 1:
-        raise ValueError(f"n and chunk_size must be >= 1, got n={n}, chunk_size={chunk_size}")
-    size = min(chunk_size, n)
-    chunks = []
-    for start in range(0, n, size):
-        # The last chunk is drawn whole and cut: one compiled shape for all.
-        chunk = _sample_chunk(key, start, sample=entry.sample, config=config, size=size)
-        chunks.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[: n - start], chunk))
-    return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *chunks)
-
-
-@functools.partial(jax.jit, static_argnames=("sample", "config", "size"))
-def _sample_chunk(key, start, *, sample, config, size):
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(size))
-    return jax.vmap(lambda k: sample(k, config))(keys)

@@ -1,4 +1,4 @@
-"""Detection metrics: AUROC, average precision, sensitivity at specificity.
+"""Classification metrics: AUROC, average precision, sensitivity at specificity.
 
 Pure functions on arrays, jittable, with stratified bootstrap confidence
 intervals. Conventions, as in scikit-learn:
@@ -7,7 +7,7 @@ intervals. Conventions, as in scikit-learn:
    ``labels`` are 1 for the positive (abnormal) class and 0 for the negative
    (normal) class, and a HIGHER score means MORE abnormal. An anomaly score
    built from log p(x), where lower means more abnormal, is passed negated
-   (``-log_px``); :func:`jaxmed.anomaly.anomaly_scores` does that.
+   (``-log_px``); :func:`jaxmed.tasks.scan_quality.anomaly_scores` does that.
 """
 
 from __future__ import annotations
