@@ -1,7 +1,7 @@
 """Scan-quality anomaly detection on real brain MRI, step by step, with a severity sweep.
 
 The study of ``jaxmed demo`` written out as its steps (each a public function
-of :mod:`jaxmed.demo`), so that any step can be swapped: train a VAE on axial
+of :mod:`jaxmed.tasks.scan_quality`), so that any step can be swapped: train a VAE on axial
 slices of the MNI152 template, corrupt held-out slices with simulated k-space
 artefacts, score them by log p(x) (importance sampling) and report AUROC per
 artefact beside a PCA reconstruction-error baseline. Then, with the same
@@ -41,8 +41,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxmed.anomaly import anomaly_scores, two_sided_anomaly_scores
-from jaxmed.demo import (
+from jaxmed.tasks.scan_quality import (
+    anomaly_scores,
     auroc_table,
     calibrate_on_validation,
     demo_config,
@@ -53,10 +53,11 @@ from jaxmed.demo import (
     score_specs,
     score_test_set,
     train_vae,
+    two_sided_anomaly_scores,
 )
 
 # ---------------------------------------------------------------------------
-# Configuration: the demo's defaults; change any field of jaxmed.demo.DemoConfig.
+# Configuration: the demo's defaults; change any field of jaxmed.tasks.scan_quality.DemoConfig.
 CONFIG = demo_config()
 SEVERITIES = (0.25, 0.5, 0.75)
 OUT_DIR = Path(sys.argv[1] if len(sys.argv) > 1 else "brain-mri-anomaly")
@@ -67,7 +68,7 @@ def main() -> None:
     OUT_DIR.mkdir(parents=True, exist_ok=False)
     root = jax.random.key(CONFIG.seed)
     data = load_demo_data(CONFIG)
-    trained = train_vae(CONFIG, data, OUT_DIR / "checkpoint")
+    trained = train_vae(CONFIG, OUT_DIR / "checkpoint")
     spec = score_specs(CONFIG)["importance"]
     # Validation keys offset from the test slices' (as in run_demo).
     val_scores = score_test_set(trained, data.val, specs={"importance": spec},

@@ -4,6 +4,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def numpy_params(model, rng, *example_args):
@@ -39,3 +40,20 @@ def scipy_exact_log_px(model, xs):
 
     w, b, s = (np.asarray(a, np.float64) for a in (model.weight, model.bias, model.noise_std))
     return scipy.stats.multivariate_normal(b, w @ w.T + s**2 * np.eye(len(b))).logpdf(np.asarray(xs, np.float64))
+
+
+def scan_volume(rng):
+    """(z, y, x) = (6, 8, 8): five slices with an object, one empty slice (index 3)."""
+    array = np.zeros((6, 8, 8), np.float32)
+    array[:, 2:6, 1:7] = rng.uniform(100.0, 900.0, size=(6, 4, 6))
+    array[3] = 0.0
+    array[5, 0, 0] = 5000.0  # an outlier the percentile clip removes
+    return array
+
+
+def preprocess_by_hand(array):
+    lo, hi = np.percentile(array, [0.5, 99.5])
+    clipped = np.clip(array, lo, hi)
+    scaled = (clipped - clipped.min()) / (clipped.max() - clipped.min() + 1e-8)
+    keep = np.flatnonzero(np.mean(scaled > 0.05, axis=(1, 2)) >= 0.05)
+    return scaled[keep][..., None], keep

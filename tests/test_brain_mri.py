@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from jaxmed.data import brain_mri
-from jaxmed.data.brain_mri import augment, load_brain_mri, split_slices, template_path
+from jaxmed.data.augmentation import augment_image as augment
+from jaxmed.data.brain_mri import load_brain_mri, split_slices, template_path
 from jaxmed.io import ImageReadError
 
 pytest.importorskip("nilearn")  # the template ships in nilearn's wheel ("jaxmed[data]")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -225,7 +226,8 @@ def test_sources_reject_shapes_they_cannot_give(source, shape, message):
 def test_training_on_files_records_how_jaxmed_score_must_preprocess(tmp_path):
     from pydicom.data import get_testdata_file
 
-    from jaxmed.scoring import Preprocessing, load_preprocessing
+    from jaxmed.data import Preprocessing
+    from jaxmed.train import load_preprocessing
 
     mri = get_testdata_file("emri_small.dcm")  # 10 frames of 64x64 MR
     if mri is None:
@@ -252,7 +254,9 @@ def test_train_a_lesion_unet_plainly_and_with_masked_regions(tmp_path, masked):
             "--seed", "1", "--no-progress", "--out", str(out)]
     assert main(argv + (["--masked-regions"] if masked else [])) == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["run"]["masked_regions"] is masked and config["model"]["name"] == "unet"
+    assert config["model"]["name"] == "unet" and "masked_regions" not in config["run"]
+    assert config["model"]["loss"] == {"masked": masked, "cell": 8, "include_none": True, "blank_value": 0.0,
+                                       "pos_weight": 5.0}
     records = read_metrics(out / "metrics.jsonl")
     # One loss per (region, blanked modality) view: one per modality plus one with
     # nothing blanked when masked; one when plain.
@@ -273,12 +277,27 @@ def test_train_a_lesion_unet_plainly_and_with_masked_regions(tmp_path, masked):
         assert val[-1] == pytest.approx(np.mean((1 + 4 * t) * bce), rel=1e-4)
 
 
-def test_masked_regions_need_the_unet():
+def test_training_options_belong_to_the_model(tmp_path, capsys):
+    from jaxmed.losses import LesionLossConfig, VAELossConfig
     from jaxmed.train.run import RunConfig
 
-    with pytest.raises(ValueError, match="model 'unet'"):
-        RunConfig(model="vae", masked_regions=True)
     assert RunConfig(model="unet").preset == "lesion64" and RunConfig().preset == "reference64"
+    assert RunConfig().loss == VAELossConfig(beta=1.0)
+    assert RunConfig(model="unet").loss == LesionLossConfig(masked=False, pos_weight=5.0)
+    assert RunConfig(model="unet", loss={"masked": True}).loss.masked is True
+    with pytest.raises(ValueError, match="trains with a LesionLossConfig"):
+        RunConfig(model="unet", loss=VAELossConfig())
+    with pytest.raises(ValueError, match=r"no field\(s\) \['masked'\]"):
+        RunConfig(model="vae", loss={"masked": True})
+    with pytest.raises(ValueError, match=r"VAEConfig has no field\(s\) \['depth'\]"):
+        RunConfig(model="vae", model_options=(("depth", 3),))
+    # The run config has no field of any model: a model's options are its loss config.
+    assert not {"beta", "masked_regions", "region_cell", "pos_weight"} & {f.name for f in dataclasses.fields(RunConfig)}
+    # A flag of another model's loss is refused by name, before anything is written.
+    out = tmp_path / "run"
+    assert main(["train", "--masked-regions", "--preset", "tiny", "--steps", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "model 'vae'" in err and "['masked']" in err and "'beta'" in err and not out.exists()
 
 
 def test_lr_factor_flag_reaches_the_optimiser(tmp_path, capsys):

@@ -1,17 +1,22 @@
 """jaxmed.data: phantoms, real brain MRI, transforms, artefacts, slicing, batching.
 
 Modules by kind: `intensity` (normalisation, windowing), `spatial`
-(resampling, crop/pad), `slicing` (3D -> 2D), `artefacts` (scan-quality
-artefacts simulated in k-space), `phantoms` (synthetic scans with known truth),
-`brain_mri` (the MNI152 template, no download), `batching` (deterministic,
-per-process batches), `regions` (disjoint region sets and modality blanking).
+(resampling, crop/pad), `slicing` (3D -> 2D), `preprocess` (how a scanned
+volume becomes model inputs, for training and scoring alike), `augmentation`
+(random per-step transforms of training images), `artefacts` (scan-quality
+artefacts simulated in k-space), `phantoms` (synthetic scans with known truth,
+one module per kind), `brain_mri` (the MNI152 template, no download),
+`batching` (deterministic, per-process batches), `regions` (disjoint region
+sets and modality blanking).
 """
 
 from jaxmed.data.artefacts import ARTEFACTS, DEFAULT_SEVERITY
+from jaxmed.data.augmentation import AugmentConfig, augment_batch, augment_image
 from jaxmed.data.batching import batch_indices, iterate_batches, steps_per_epoch
-from jaxmed.data.brain_mri import BrainMRISplits, augment, load_brain_mri, split_slices, template_path
+from jaxmed.data.brain_mri import BrainMRISplits, load_brain_mri, split_slices, template_path
 from jaxmed.data.intensity import clip_percentiles, minmax, window, zscore
 from jaxmed.data.phantoms import PHANTOMS, MRIPhantomConfig, make_dataset, sample_mri
+from jaxmed.data.preprocess import PREPROCESSING_METHODS, Preprocessing, load_brain_slices, preprocess_volume
 from jaxmed.data.regions import (
     block_regions,
     checkerboard_regions,
@@ -41,17 +46,23 @@ __all__ = [
     "ARTEFACTS",
     "DEFAULT_SEVERITY",
     "PHANTOMS",
+    "PREPROCESSING_METHODS",
+    "AugmentConfig",
     "BrainMRISplits",
     "MRIPhantomConfig",
+    "Preprocessing",
     "Slices",
-    "augment",
+    "augment_batch",
+    "augment_image",
     "batch_indices",
     "center_crop_or_pad",
     "clip_percentiles",
     "iterate_batches",
     "load_brain_mri",
+    "load_brain_slices",
     "make_dataset",
     "minmax",
+    "preprocess_volume",
     "resample_to",
     "resample_to_shape",
     "resample_to_spacing",

@@ -66,7 +66,6 @@ __all__ = [
     "ORIENTATIONS",
     "TEMPLATE_FILE",
     "BrainMRISplits",
-    "augment",
     "load_brain_mri",
     "split_slices",
     "template_path",
@@ -399,38 +398,3 @@ def _crop_resize(stack: np.ndarray, window, size: int) -> np.ndarray:
     # Anti-aliased linear resampling: the crop shrinks about three-fold.
     out = jax.image.resize(jnp.asarray(crop, jnp.float32), (n, size, size), method="linear", antialias=True)
     return np.clip(np.asarray(out), 0.0, 1.0)
-
-
-def augment(
-    key: jax.Array,
-    image: jax.Array,
-    *,
-    max_shift: int = 3,
-    flip_probability: float = 0.5,
-    intensity_range: tuple[float, float] = (0.9, 1.1),
-) -> jax.Array:
-    """Random left-right flip, whole-pixel shift and intensity scale of one slice.
-
-    Pure; batch with ``jax.vmap(augment)(keys, images)``. The flip mirrors
-    the width axis (left-right for axial and coronal slices of the symmetric
-    template; use ``flip_probability=0`` for sagittal slices).
-
-    Args:
-        key: PRNG key.
-        image: ``[H, W, C]`` in ``[0, 1]``.
-        max_shift: largest shift along each axis, pixels (zero fill).
-        flip_probability: probability of the left-right flip.
-        intensity_range: ``(low, high)`` of the uniform intensity factor.
-
-    Returns:
-        ``[H, W, C]`` in ``[0, 1]``.
-    """
-    h, w, _ = image.shape
-    k_flip, k_shift, k_scale = jax.random.split(key, 3)
-    image = jnp.where(jax.random.bernoulli(k_flip, flip_probability), image[:, ::-1], image)
-    shift = jax.random.randint(k_shift, (2,), -max_shift, max_shift + 1)
-    padded = jnp.pad(image, ((max_shift, max_shift), (max_shift, max_shift), (0, 0)))
-    image = jax.lax.dynamic_slice(padded, (max_shift - shift[0], max_shift - shift[1], 0), image.shape)
-    low, high = intensity_range
-    factor = jax.random.uniform(k_scale, minval=low, maxval=high)
-    return jnp.clip(image * factor, 0.0, 1.0)

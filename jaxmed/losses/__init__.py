@@ -1,6 +1,12 @@
 """jaxmed.losses: training objectives, written for one example and vmapped."""
 
-from jaxmed.losses.elbo import autoencoder_loss_fn, negative_elbo, vae_loss_fn
+from jaxmed.losses.elbo import (
+    AutoencoderLossConfig,
+    VAELossConfig,
+    autoencoder_loss_fn,
+    negative_elbo,
+    vae_loss_fn,
+)
 from jaxmed.losses.masked_region import (
     LesionLossConfig,
     blank_modalities,
@@ -12,6 +18,8 @@ from jaxmed.losses.masked_region import (
 )
 
 __all__ = [
+    "AutoencoderLossConfig",
+    "VAELossConfig",
     "autoencoder_loss_fn",
     "negative_elbo",
     "vae_loss_fn",

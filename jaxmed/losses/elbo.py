@@ -14,6 +14,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -51,6 +52,26 @@ def negative_elbo(
     nll = -LIKELIHOODS[model.config.likelihood](x, out["decoded"])
     kl = kl_to_standard_normal(out["mean"], jnp.exp(out["log_scale"]))
     return nll + beta * kl, {"nll": nll, "kl": kl}
+
+
+@dataclass(frozen=True, kw_only=True)
+class VAELossConfig:
+    """The training options of a VAE (its registry entry's loss config).
+
+    Attributes:
+      beta: weight of the KL term (1: the ELBO; a beta-VAE otherwise).
+    """
+
+    beta: float = 1.0
+
+    def __post_init__(self):
+        if not self.beta >= 0:
+            raise ValueError(f"VAELossConfig.beta must be >= 0, got {self.beta}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AutoencoderLossConfig:
+    """The training options of a plain autoencoder: none (mean squared error)."""
 
 
 def vae_loss_fn(model: VAE, *, beta: float = 1.0) -> LossFn:

@@ -11,7 +11,14 @@ Typical use::
                  checkpointer=Checkpointer(run_dir), metrics_path=run_dir / "metrics.jsonl")
 """
 
-from jaxmed.train.checkpoint import Checkpointer, load_config, load_model, save_config
+from jaxmed.train.checkpoint import (
+    Checkpointer,
+    load_config,
+    load_model,
+    load_preprocessing,
+    save_config,
+    save_preprocessing,
+)
 from jaxmed.train.config import OptimConfig, TrainConfig, config_from_dict
 from jaxmed.train.distributed import initialize_distributed
 from jaxmed.train.loop import FitResult, NonFiniteLossError, fit, make_evaluator
@@ -28,16 +35,21 @@ from jaxmed.train.parallel import (
     replicated_sharding,
     shard_batch,
 )
+from jaxmed.train.registry import MODELS, ModelSpec
 from jaxmed.train.run import RunConfig, train_model
+from jaxmed.train.sources import ImageSplits, load_image_splits
 from jaxmed.train.state import TrainState
 from jaxmed.train.step import make_eval_step, make_train_step
 
 __all__ = [
     "DATA_AXIS",
+    "MODELS",
     "OPTIMIZERS",
     "SCHEDULES",
     "Checkpointer",
     "FitResult",
+    "ImageSplits",
+    "ModelSpec",
     "NonFiniteLossError",
     "OptimConfig",
     "RunConfig",
@@ -50,7 +62,9 @@ __all__ = [
     "jit_eval_step",
     "jit_train_step",
     "load_config",
+    "load_image_splits",
     "load_model",
+    "load_preprocessing",
     "local_batch_slice",
     "make_evaluator",
     "make_eval_step",
@@ -63,6 +77,7 @@ __all__ = [
     "replicate",
     "replicated_sharding",
     "save_config",
+    "save_preprocessing",
     "shard_batch",
     "train_model",
 ]

@@ -3,7 +3,8 @@
 A run directory holds::
 
     RUN_DIR/
-      config.json            what made the run (model name + config, data, optim, train)
+      config.json            what made the run (model name, config and loss; data, optim, train)
+      preprocess.json        scans only: how a volume becomes model inputs (jaxmed.data.Preprocessing)
       metrics.jsonl          one JSON object per logged step
       checkpoints/<step>/    Orbax: items "params" and "train" (step, opt_state, key data)
 
@@ -16,15 +17,18 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from jaxmed.data.preprocess import Preprocessing
 from jaxmed.train.state import TrainState
 
 CONFIG_FILE = "config.json"
+PREPROCESS_FILE = "preprocess.json"
 CHECKPOINT_SUBDIR = "checkpoints"
 _ITEMS = ("params", "train")
 
@@ -242,3 +246,50 @@ def load_model(run_dir: str | os.PathLike, *, step: int | None = None) -> tuple[
     with Checkpointer(run_dir, keep=None, create=False) as checkpointer:
         params = checkpointer.restore_params(step=step)
     return model, params, model_config
+
+
+def save_preprocessing(run_dir: str | os.PathLike, prep: Preprocessing) -> Path:
+    """Writes ``run_dir/preprocess.json``."""
+    path = Path(run_dir) / PREPROCESS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(prep.to_dict(), indent=2) + "\n")
+    return path
+
+
+def load_preprocessing(run_dir: str | os.PathLike, *, image_shape: Sequence[int] | None = None) -> Preprocessing:
+    """The preprocessing of a run: its ``preprocess.json``, else inferred from ``config.json``.
+
+    Without ``preprocess.json`` (``jaxmed train`` writes one for scan data,
+    not for phantoms; runs of earlier versions have none), the data source
+    recorded in ``config.json`` decides: ``"brain-mri"`` runs get
+    ``method="brain_mri"`` (what :mod:`jaxmed.train.sources` loads), any
+    other the ``"minmax"`` default (what ``--data FILES`` does), at the
+    model's input size.
+
+    Args:
+      run_dir: a checkpoint folder.
+      image_shape: the model's ``(H, W, C)``, needed when there is no
+        ``preprocess.json``.
+
+    Raises:
+      ValueError: a malformed ``preprocess.json``, or a model that does not
+        take single-channel 2D images.
+    """
+    path = Path(run_dir) / PREPROCESS_FILE
+    if path.is_file():
+        try:
+            return Preprocessing.from_dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: not a valid preprocessing record ({e})") from None
+    if image_shape is None or len(image_shape) != 3 or image_shape[-1] != 1:
+        raise ValueError(f"{run_dir}: no {PREPROCESS_FILE}, and the model input {tuple(image_shape or ())} "
+                         "is not a single-channel 2D image that files could be scored as")
+    source = None
+    config_path = Path(run_dir) / CONFIG_FILE
+    if config_path.is_file():
+        try:
+            source = (json.loads(config_path.read_text()).get("data") or {}).get("source")
+        except (json.JSONDecodeError, AttributeError):
+            source = None
+    method = "brain_mri" if source == "brain-mri" else "minmax"
+    return Preprocessing(image_size=tuple(image_shape[:2]), method=method)

@@ -13,6 +13,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -172,9 +173,38 @@ def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"{cls.__name__} has no field(s) {unknown}")
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}; its fields: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     return cls(**{name: _from_json(hints[name], value) for name, value in data.items()})
+
+
+def replace_fields(config: C, fields: Mapping[str, Any]) -> C:
+    """``config`` with ``fields`` replaced, given as JSON values (lists for tuples).
+
+    Values are converted by the field's type annotation as in
+    :func:`config_from_dict`; validation runs again in ``__post_init__``.
+
+    Args:
+      config: a frozen config dataclass instance.
+      fields: ``{name: value}``.
+
+    Returns:
+      The new instance.
+
+    Raises:
+      ValueError: a name that is not a field of ``config`` (the message lists
+        the fields), or a value the config refuses.
+    """
+    cls = type(config)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}; its fields: {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    try:
+        return dataclasses.replace(config, **{name: _from_json(hints[name], v) for name, v in fields.items()})
+    except TypeError as e:
+        raise ValueError(f"{cls.__name__}: {e}") from None
 
 
 def _from_json(hint: Any, value: Any) -> Any:

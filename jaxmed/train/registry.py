@@ -1,8 +1,15 @@
-"""The models the trainer knows by name, and their configs as JSON.
+"""The models the trainer knows by name, their training options, and their configs as JSON.
+
+Each :data:`MODELS` entry says how to build, initialise and train one kind of
+model. A model's training options are its own frozen loss-config dataclass
+(the entry's ``loss``, e.g. :class:`jaxmed.losses.VAELossConfig`), not fields
+of the engine's run config: adding a model adds an entry here and nothing to
+:class:`jaxmed.train.RunConfig` or :mod:`jaxmed.train.run`.
 
 ``config.json`` names a model (a key of :data:`MODELS`) and stores its config
-dataclass as a dict; :func:`model_config_from_dict` turns it back, so a
-checkpoint loads with no code of the run that made it.
+and loss config as dicts; :func:`model_config_from_dict` and
+:func:`loss_config_from_dict` turn them back, so a checkpoint loads with no
+code of the run that made it.
 """
 
 from __future__ import annotations
@@ -14,7 +21,14 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxmed.losses import LesionLossConfig, autoencoder_loss_fn, make_lesion_loss, vae_loss_fn
+from jaxmed.losses import (
+    AutoencoderLossConfig,
+    LesionLossConfig,
+    VAELossConfig,
+    autoencoder_loss_fn,
+    make_lesion_loss,
+    vae_loss_fn,
+)
 from jaxmed.models import (
     AUTOENCODER_PRESETS,
     PRESETS,
@@ -25,7 +39,7 @@ from jaxmed.models import (
     UNetConfig,
     VAEConfig,
 )
-from jaxmed.train.config import config_from_dict
+from jaxmed.train.config import config_from_dict, replace_fields
 from jaxmed.train.step import LossFn
 
 
@@ -38,9 +52,10 @@ class ModelSpec(NamedTuple):
       presets: named configs.
       default_preset: the preset used when none is named.
       init: ``init(key, model, x) -> params`` for a batch ``x`` of one image.
-      loss_fn: ``loss_fn(model, config, run) -> LossFn``: the training loss,
-        from the model, its config and the :class:`jaxmed.train.run.RunConfig`
-        (its ``beta`` for a VAE, its lesion-loss fields for a U-Net).
+      loss: the default training options, an instance of the model's frozen
+        loss-config dataclass (its type is the one runs of this model take).
+      loss_fn: ``loss_fn(model, config, loss) -> LossFn``: the training loss,
+        from the model, its config and its loss config.
       targets: batch entries besides ``"image"`` that the loss needs (the
         data source must provide them).
     """
@@ -50,6 +65,7 @@ class ModelSpec(NamedTuple):
     presets: dict[str, Any]
     default_preset: str
     init: Callable[[jax.Array, Any, jax.Array], Any]
+    loss: Any
     loss_fn: Callable[[Any, Any, Any], LossFn]
     targets: tuple[str, ...] = ()
 
@@ -63,27 +79,32 @@ def _init_plain(key: jax.Array, model: Any, x: jax.Array) -> Any:
     return model.init(key, x)
 
 
-def _lesion_loss(model: Any, config: UNetConfig, run: Any) -> LossFn:
-    loss_config = LesionLossConfig(masked=run.masked_regions, cell=run.region_cell, pos_weight=run.pos_weight)
-    return make_lesion_loss(model.apply, loss_config, shape=config.image_shape[:-1],
-                            num_modalities=config.image_shape[-1])
+def _lesion_loss(model: Any, config: UNetConfig, loss: LesionLossConfig) -> LossFn:
+    return make_lesion_loss(model.apply, loss, shape=config.image_shape[:-1], num_modalities=config.image_shape[-1])
 
 
 MODELS: dict[str, ModelSpec] = {
     "vae": ModelSpec(
         build=VAE, config=VAEConfig, presets=PRESETS, default_preset="reference64", init=_init_vae,
-        loss_fn=lambda model, config, run: vae_loss_fn(model, beta=run.beta),
+        loss=VAELossConfig(), loss_fn=lambda model, config, loss: vae_loss_fn(model, beta=loss.beta),
     ),
     "autoencoder": ModelSpec(
         build=Autoencoder, config=AutoencoderConfig, presets=AUTOENCODER_PRESETS, default_preset="reference64",
-        init=_init_plain, loss_fn=lambda model, config, run: autoencoder_loss_fn(model),
+        init=_init_plain, loss=AutoencoderLossConfig(),
+        loss_fn=lambda model, config, loss: autoencoder_loss_fn(model),
     ),
-    # Lesion maps from multi-modal images: plain or masked-region training (jaxmed.losses).
+    # Lesion maps from multi-modal images: plain or masked-region training (jaxmed.losses);
+    # lesion pixels are rare, so they weigh 5x in the cross-entropy by default.
     "unet": ModelSpec(
         build=UNetConfig.make_module, config=UNetConfig, presets=UNET_PRESETS, default_preset="lesion64",
-        init=_init_plain, loss_fn=_lesion_loss, targets=("lesion_mask",),
+        init=_init_plain, loss=LesionLossConfig(masked=False, pos_weight=5.0), loss_fn=_lesion_loss,
+        targets=("lesion_mask",),
     ),
 }
+
+# Fields of the run config of jaxmed <= 0.1.0 (config.json "run") that were a
+# model's training options, and the loss-config field each became.
+LEGACY_LOSS_FIELDS = {"beta": "beta", "masked_regions": "masked", "region_cell": "cell", "pos_weight": "pos_weight"}
 
 
 def get_model_spec(name: str) -> ModelSpec:
@@ -115,3 +136,30 @@ def model_config_from_dict(name: str, data: dict[str, Any]) -> Any:
     if data.get("dtype") is not None:
         data["dtype"] = jnp.dtype(data["dtype"])
     return config_from_dict(get_model_spec(name).config, data)
+
+
+def model_config_with(name: str, preset: str, options: Any = ()) -> Any:
+    """The config of preset ``preset`` of model ``name`` with fields replaced.
+
+    Args:
+      name: a key of :data:`MODELS`.
+      preset: one of its presets.
+      options: ``{field: value}`` or ``((field, value), ...)``, values as JSON
+        values (lists for tuples, a dtype's name).
+
+    Raises:
+      ValueError: unknown names or fields, or values the config refuses.
+    """
+    base = get_preset(name, preset)
+    options = dict(options)
+    if not options:
+        return base
+    return model_config_from_dict(name, {**model_config_to_dict(base), **options})
+
+
+def loss_config_from_dict(name: str, data: dict[str, Any] | None) -> Any:
+    """Model ``name``'s loss config from its JSON form; None or ``{}`` = the defaults.
+
+    Fields not given keep the registry entry's defaults.
+    """
+    return replace_fields(get_model_spec(name).loss, data or {})

@@ -22,14 +22,29 @@ import jax
 import numpy as np
 
 import jaxmed
-from jaxmed.scoring import PREPROCESS_FILE, save_preprocessing
-from jaxmed.train.checkpoint import CHECKPOINT_SUBDIR, CONFIG_FILE, Checkpointer, load_config, save_config
-from jaxmed.train.config import OptimConfig, TrainConfig, config_from_dict
+from jaxmed.data.augmentation import AugmentConfig, augment_batch
+from jaxmed.data.batching import batch_indices
+from jaxmed.train.checkpoint import (
+    CHECKPOINT_SUBDIR,
+    CONFIG_FILE,
+    PREPROCESS_FILE,
+    Checkpointer,
+    load_config,
+    save_config,
+    save_preprocessing,
+)
+from jaxmed.train.config import OptimConfig, TrainConfig, config_from_dict, replace_fields
 from jaxmed.train.loop import FitResult, fit, make_evaluator
 from jaxmed.train.metrics_log import plot_loss_curve, read_metrics
 from jaxmed.train.optim import make_optimizer
 from jaxmed.train.parallel import jit_eval_step, jit_train_step, local_batch_slice, make_mesh, replicate
-from jaxmed.train.registry import get_model_spec, get_preset, model_config_to_dict
+from jaxmed.train.registry import (
+    LEGACY_LOSS_FIELDS,
+    get_model_spec,
+    loss_config_from_dict,
+    model_config_to_dict,
+    model_config_with,
+)
 from jaxmed.train.sources import load_image_splits
 from jaxmed.train.state import TrainState
 from jaxmed.train.step import make_eval_step, make_train_step
@@ -39,8 +54,8 @@ LOSS_CURVE_FILE = "loss_curve.png"
 # Files a run writes; --force removes exactly these.
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, LOSS_CURVE_FILE, PREPROCESS_FILE, CHECKPOINT_SUBDIR)
 
-# Streams of the run seed (jax.random.fold_in): init, steps, evaluation.
-_INIT_STREAM, _STEP_STREAM, _EVAL_STREAM = 0, 1, 2
+# Streams of the run seed (jax.random.fold_in): init, steps, evaluation, augmentation.
+_INIT_STREAM, _STEP_STREAM, _EVAL_STREAM, _AUGMENT_STREAM = 0, 1, 2, 3
 
 # Fields that may change when a run is resumed: they do not change the
 # numbers computed (the schedule length is checked separately).
@@ -49,23 +64,28 @@ _RESUMABLE_CHANGES = {"steps", "devices", "log_every", "eval_every", "checkpoint
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    """Everything that defines a training run.
+    """Everything that defines a training run, for any registered model.
+
+    Nothing here belongs to one model: a model's architecture is its preset
+    (with ``model_options`` replacing fields of it) and its training options
+    are its own loss-config dataclass (``loss``; the registry entry's
+    :attr:`~jaxmed.train.registry.ModelSpec.loss` by default).
 
     Attributes:
       data: ``"phantoms"``, ``"brain-mri"`` or a path (see
         :func:`jaxmed.train.sources.load_image_splits`).
       model: a key of :data:`jaxmed.train.registry.MODELS`.
       preset: a preset of that model; ``""``: the model's default preset.
-      beta: weight of the KL term (VAE only).
+      model_options: ``((field, value), ...)``: fields of the preset's config
+        replaced, values as JSON values (e.g. ``(("likelihood",
+        "gaussian_learned_pixel"), ("min_scale", 0.001))`` for a VAE).
+      loss: the model's training options, an instance of its loss-config
+        dataclass (a dict of its fields is converted); None: the registry's
+        defaults for the model.
       num_train: phantoms: number of training images.
       num_val: number of validation images.
-      masked_regions: U-Net only: masked-region training
-        (:class:`jaxmed.losses.LesionLossConfig` ``masked=True``): per step,
-        each sample is split into ``M + 1`` random regions; the loss on region
-        ``v < M`` sees modality ``v`` blanked, the last sees all modalities;
-        False: plain per-pixel loss.
-      region_cell: U-Net only: side of the random regions' square cells, pixels.
-      pos_weight: U-Net only: weight of lesion pixels in the cross-entropy.
+      augment: random transforms of each training image, drawn per step
+        (:class:`jaxmed.data.AugmentConfig`; the default changes nothing).
       optim: the optimiser.
       train: steps, batch size, seed, periods, devices.
     """
@@ -73,28 +93,77 @@ class RunConfig:
     data: str = "phantoms"
     model: str = "vae"
     preset: str = ""
-    beta: float = 1.0
+    model_options: tuple[tuple[str, Any], ...] = ()
+    loss: Any = None
     num_train: int = 2048
     num_val: int = 256
-    masked_regions: bool = False
-    region_cell: int = 8
-    pos_weight: float = 5.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
+        spec = get_model_spec(self.model)  # raises for unknown names
         if not self.preset:
-            object.__setattr__(self, "preset", get_model_spec(self.model).default_preset)
-        get_preset(self.model, self.preset)  # raises for unknown names
-        if self.beta < 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
+            object.__setattr__(self, "preset", spec.default_preset)
+        options = self.model_options.items() if isinstance(self.model_options, dict) else self.model_options
+        try:
+            # JSON values, so that a run read back from config.json compares equal.
+            options = tuple((str(k), json.loads(json.dumps(v))) for k, v in options)
+        except (TypeError, ValueError):
+            raise ValueError(f"model_options must be (field, JSON value) pairs, got {self.model_options!r}") from None
+        object.__setattr__(self, "model_options", options)
+        model_config_with(self.model, self.preset, options)  # raises for unknown presets, fields, values
+        loss = self.loss
+        if loss is None or isinstance(loss, dict):
+            loss = loss_config_from_dict(self.model, loss)
+        elif type(loss) is not type(spec.loss):
+            raise ValueError(f"model {self.model!r} trains with a {type(spec.loss).__name__}, "
+                             f"got a {type(loss).__name__}")
+        object.__setattr__(self, "loss", loss)
         if self.num_train < 1 or self.num_val < 1:
             raise ValueError(f"num_train and num_val must be >= 1, got {self.num_train}, {self.num_val}")
-        if self.masked_regions and self.model != "unet":
-            raise ValueError(f"masked-region training is for lesion maps (model 'unet'), not {self.model!r}")
-        if self.region_cell < 1 or not self.pos_weight > 0:
-            raise ValueError(f"region_cell must be >= 1 and pos_weight > 0, got {self.region_cell}, "
-                             f"{self.pos_weight}")
+
+    @property
+    def model_config(self) -> Any:
+        """The model's config: the preset with ``model_options`` applied."""
+        return model_config_with(self.model, self.preset, self.model_options)
+
+
+def run_to_json(run: RunConfig) -> dict[str, Any]:
+    """The ``"run"`` and ``"model"`` entries of ``config.json``.
+
+    The loss config is stored beside the model config (``model.loss``), not
+    in ``run``, so that a checkpoint folder says in one place what the model
+    is and how it was trained.
+    """
+    fields = dataclasses.asdict(run)
+    loss = fields.pop("loss")
+    return {
+        "run": fields,
+        "model": {"name": run.model, "preset": run.preset, "config": model_config_to_dict(run.model_config),
+                  "loss": loss},
+    }
+
+
+def run_from_json(stored: dict[str, Any]) -> RunConfig:
+    """Inverse of :func:`run_to_json`; also reads the run configs of jaxmed 0.1.0.
+
+    Those kept the models' training options in the run config
+    (:data:`jaxmed.train.registry.LEGACY_LOSS_FIELDS`); each is moved into the
+    model's loss config when it has that field, and dropped otherwise (it
+    did not act on that model).
+
+    Raises:
+      KeyError, TypeError, ValueError: not a run config.
+    """
+    fields = dict(stored["run"])
+    model = fields.get("model", RunConfig.model)
+    legacy = {new: fields.pop(old) for old, new in LEGACY_LOSS_FIELDS.items() if old in fields}
+    loss = (stored.get("model") or {}).get("loss")
+    if loss is None:
+        known = {f.name for f in dataclasses.fields(get_model_spec(model).loss)}
+        loss = {k: v for k, v in legacy.items() if k in known}
+    return config_from_dict(RunConfig, {**fields, "loss": loss})
 
 
 def _prepare_dir(out_dir: Path, run: RunConfig, *, resume: bool, force: bool) -> bool:
@@ -125,7 +194,7 @@ def _prepare_dir(out_dir: Path, run: RunConfig, *, resume: bool, force: bool) ->
 def _stored_run(out_dir: Path) -> RunConfig:
     stored = load_config(out_dir)
     try:
-        return config_from_dict(RunConfig, stored["run"])
+        return run_from_json(stored)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{out_dir / CONFIG_FILE}: not a jaxmed run config ({e})") from None
 
@@ -175,27 +244,54 @@ def stored_run_config(out_dir: str | os.PathLike) -> RunConfig | None:
 
 
 def update_run_config(
-    base: RunConfig, *, optim: dict[str, Any] | None = None, train: dict[str, Any] | None = None, **fields: Any
+    base: RunConfig,
+    *,
+    loss: dict[str, Any] | None = None,
+    augment: dict[str, Any] | None = None,
+    optim: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
+    **fields: Any,
 ) -> RunConfig:
     """``base`` with the given fields replaced; None values leave a field as it is.
 
     Args:
       base: the starting configuration.
+      loss: fields of the model's loss config (of ``base.loss``, or of the
+        new model's defaults when ``fields`` names another model).
+      augment: :class:`jaxmed.data.AugmentConfig` fields.
       optim: :class:`OptimConfig` fields.
       train: :class:`TrainConfig` fields.
       **fields: top-level :class:`RunConfig` fields.
 
     Returns:
       The new, validated configuration.
+
+    Raises:
+      ValueError: a field the model's loss config does not have (the message
+        names the model and lists its options), or a bad value.
     """
     def given(d):
         return {k: v for k, v in (d or {}).items() if v is not None}
 
+    top = given(fields)
+    model = top.get("model", base.model)
+    if model != base.model:
+        # Another model: its own default preset and training options.
+        top.setdefault("preset", "")
+        top.setdefault("loss", None)
+        top.setdefault("model_options", ())
+    run = dataclasses.replace(base, **top)
+    loss_fields = given(loss)
+    if loss_fields:
+        try:
+            run = dataclasses.replace(run, loss=replace_fields(run.loss, loss_fields))
+        except ValueError as e:
+            raise ValueError(f"model {run.model!r}: {e}") from None
     return dataclasses.replace(
-        base,
-        **given(fields),
-        optim=dataclasses.replace(base.optim, **given(optim)),
-        train=dataclasses.replace(base.train, **given(train)),
+        run,
+        augment=dataclasses.replace(run.augment, **given(augment)),
+        optim=dataclasses.replace(run.optim, **given(optim)),
+        train=dataclasses.replace(run.train, **given(train)),
     )
 
 
@@ -277,7 +373,7 @@ def train_model(
     resuming = _prepare_dir(out_dir, run, resume=resume, force=force)
     _sync("jaxmed-train-prepare-dir")
     spec = get_model_spec(run.model)
-    model_config = get_preset(run.model, run.preset)
+    model_config = run.model_config
     cfg = run.train
     root = jax.random.key(cfg.seed)
 
@@ -293,7 +389,7 @@ def train_model(
         raise ValueError(f"the batch size ({cfg.batch_size}) must be divisible by the number of devices ({mesh.size})")
 
     model = spec.build(model_config)
-    loss_fn = spec.loss_fn(model, model_config, run)
+    loss_fn = spec.loss_fn(model, model_config, run.loss)
     params = init_params(spec, model, jax.random.fold_in(root, _INIT_STREAM), data.train["image"][:1])
     tx = make_optimizer(run.optim, total_steps=cfg.steps)
     state = TrainState.create(params=params, tx=tx, key=jax.random.fold_in(root, _STEP_STREAM))
@@ -303,21 +399,21 @@ def train_model(
     if resuming and checkpointer.latest_step() is not None:
         state = checkpointer.restore(state)
     start_step = int(state.step)
-    save_config(out_dir, {
-        "jaxmed_version": jaxmed.__version__,
-        "run": dataclasses.asdict(run),
-        "model": {"name": run.model, "preset": run.preset, "config": model_config_to_dict(model_config)},
-        "data": data.description,
-    })
+    save_config(out_dir, {"jaxmed_version": jaxmed.__version__, **run_to_json(run), "data": data.description})
     if data.preprocessing is not None and jax.process_index() == 0:
         save_preprocessing(out_dir, data.preprocessing)
 
-    from jaxmed.data.batching import batch_indices
+    augment_key = jax.random.fold_in(root, _AUGMENT_STREAM)
+    first_row = local_batch_slice(cfg.batch_size).start
 
     def batch_fn(step: int) -> dict[str, np.ndarray]:
         rows = batch_indices(step, num_examples=num_train, batch_size=cfg.batch_size, seed=cfg.seed,
                              process_index=jax.process_index(), process_count=jax.process_count())
-        return {k: v[rows] for k, v in data.train.items()}
+        batch = {k: v[rows] for k, v in data.train.items()}
+        if not run.augment.is_identity:
+            batch["image"] = np.asarray(augment_batch(jax.random.fold_in(augment_key, step), batch["image"],
+                                                      run.augment, first_row))
+        return batch
 
     evaluator = make_evaluator(
         jit_eval_step(make_eval_step(loss_fn, mixed_precision=cfg.mixed_precision), mesh),

@@ -1,9 +1,11 @@
 """Where ``jaxmed train`` gets its images: phantoms, the brain-MRI template, or files.
 
 Every source gives float32 images ``(N, H, W, C)`` in ``[0, 1]``, split into
-train and validation sets, and a JSON description of what was loaded (stored
-in ``config.json``). Reading files goes through :mod:`jaxmed.io`. Phantoms can
-also give lesion masks, the targets of a lesion-map network.
+train and validation sets (and, for studies, a held-out test set), and a JSON
+description of what was loaded (stored in ``config.json``). Reading files
+goes through :mod:`jaxmed.io`; scans become images by
+:mod:`jaxmed.data.preprocess`, as they do when scored. Phantoms can also give
+lesion masks, the targets of a lesion-map network.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from jaxmed.data.preprocess import Preprocessing, load_brain_slices, preprocess_volume
+
 # Named sources; anything else is taken as a path to DICOM/NIfTI files.
 SOURCES = ("phantoms", "brain-mri")
 
@@ -24,26 +28,28 @@ _PHANTOM_STREAM = 101
 
 
 class ImageSplits(NamedTuple):
-    """Training and validation samples, as batches: dicts of arrays.
+    """Training, validation and test samples, as batches: dicts of arrays.
 
     Attributes:
       train: ``"image"``: float32 ``(N_train, H, W, C)`` in ``[0, 1]``, and
         the targets asked for (``"lesion_mask"``: float32 ``(N_train, H, W)``,
         1 on lesion pixels).
       val: the same for ``N_val`` samples.
+      test: the same for held-out test samples (empty dict unless asked for).
       description: JSON-serialisable record of the source.
       problems: ``"path: problem"`` for each file that could not be read.
       preprocessing: how a scanned volume becomes model inputs like these
-        (a :class:`jaxmed.scoring.Preprocessing`; ``jaxmed train`` stores it
-        as ``preprocess.json`` for ``jaxmed score``), or None for sources that
+        (a :class:`jaxmed.data.Preprocessing`; ``jaxmed train`` stores it as
+        ``preprocess.json`` for ``jaxmed score``), or None for sources that
         are not scans (phantoms).
     """
 
     train: dict[str, np.ndarray]
     val: dict[str, np.ndarray]
+    test: dict[str, np.ndarray]
     description: dict[str, Any]
     problems: list[str]
-    preprocessing: Any = None
+    preprocessing: Preprocessing | None = None
 
 
 def load_image_splits(
@@ -53,6 +59,7 @@ def load_image_splits(
     seed: int,
     num_train: int = 2048,
     num_val: int = 256,
+    num_test: int | None = None,
     targets: tuple[str, ...] = (),
 ) -> ImageSplits:
     """Loads the training images of a source at the model's image shape.
@@ -67,6 +74,10 @@ def load_image_splits(
       num_val: number of validation images (phantoms); for files, a target
         (capped at a fifth of the slices) met as closely as whole scans or
         blocks of slices allow, which may mean more (:func:`split_scans`).
+      num_test: held-out test images for a study, besides the training
+        and validation ones (which do not depend on it): phantoms: that many
+        more samples of the same stream; ``"brain-mri"``: the template's test
+        slices (any value but None). None: no test set. Files have none.
       targets: per-pixel targets to load beside the images: ``()`` (normal
         images only, for a VAE or autoencoder) or ``("lesion_mask",)``
         (phantoms with lesions in about half of the samples).
@@ -83,17 +94,20 @@ def load_image_splits(
     if tuple(targets) not in ((), ("lesion_mask",)):
         raise ValueError(f"unknown targets {tuple(targets)}; known: ('lesion_mask',)")
     if source == "phantoms":
-        return _phantoms(image_shape, seed=seed, num_train=num_train, num_val=num_val, lesions=bool(targets))
+        return _phantoms(image_shape, seed=seed, num_train=num_train, num_val=num_val, num_test=num_test or 0,
+                         lesions=bool(targets))
     if targets:
         raise ValueError(f"--data {source}: lesion masks come only with --data phantoms")
     if source == "brain-mri":
-        return _brain_mri(image_shape)
+        return _brain_mri(image_shape, test=num_test is not None)
     if not os.path.exists(source):
         raise ValueError(f"--data {source!r}: not one of {SOURCES} and no such file or folder")
+    if num_test is not None:
+        raise ValueError(f"--data {source}: files give training and validation images only, no test set")
     return _files(source, image_shape, seed=seed, num_val=num_val)
 
 
-def _phantoms(image_shape, *, seed, num_train, num_val, lesions) -> ImageSplits:
+def _phantoms(image_shape, *, seed, num_train, num_val, num_test, lesions) -> ImageSplits:
     from jaxmed.data.phantoms import CONTRASTS, MRIPhantomConfig, make_dataset
 
     h, w, c = image_shape
@@ -105,34 +119,39 @@ def _phantoms(image_shape, *, seed, num_train, num_val, lesions) -> ImageSplits:
     if not lesions:
         config = dataclasses.replace(config, lesion_probability=0.0)
     key = jax.random.fold_in(jax.random.key(seed), _PHANTOM_STREAM)
-    data = make_dataset(key, num_train + num_val, config=config)
+    # Sample i comes from fold_in(key, i): the test samples extend the stream
+    # without changing the training and validation ones.
+    data = make_dataset(key, num_train + num_val + num_test, config=config)
     samples = {"image": np.asarray(data["image"], np.float32)}
     if lesions:
         samples["lesion_mask"] = np.asarray(data["lesion_mask"], np.float32)
     description = {"source": "phantoms", "modalities": list(modalities),
                    "lesion_probability": config.lesion_probability, "num_train": num_train, "num_val": num_val,
                    "seed": seed}
+    if num_test:
+        description["num_test"] = num_test
+    split = num_train + num_val
+    test = {k: v[split:] for k, v in samples.items()} if num_test else {}
     return ImageSplits({k: v[:num_train] for k, v in samples.items()},
-                       {k: v[num_train:] for k, v in samples.items()}, description, [])
+                       {k: v[num_train:split] for k, v in samples.items()}, test, description, [])
 
 
-def _brain_mri(image_shape) -> ImageSplits:
-    from jaxmed.scoring import Preprocessing, load_brain_slices
-
+def _brain_mri(image_shape, *, test: bool) -> ImageSplits:
     h, w, c = image_shape
     if h != w or c != 1:
         raise ValueError(f"brain-mri slices are square and single-channel; the model takes {tuple(image_shape)}")
     prep = Preprocessing(image_size=(h, w), method="brain_mri")
     splits = load_brain_slices(prep)
-    train, val = (np.asarray(split["image"], np.float32) for split in (splits.train, splits.val))
+    train, val, held_out = (np.asarray(split["image"], np.float32) for split in (splits.train, splits.val, splits.test))
     description = {"source": "brain-mri", "num_train": len(train), "num_val": len(val),
                    "details": splits.description}
-    return ImageSplits({"image": train}, {"image": val}, description, [], prep)
+    if test:
+        description["num_test"] = len(held_out)
+    return ImageSplits({"image": train}, {"image": val}, {"image": held_out} if test else {}, description, [], prep)
 
 
 def _files(source, image_shape, *, seed, num_val) -> ImageSplits:
     from jaxmed.io import load_volumes
-    from jaxmed.scoring import Preprocessing, preprocess_volume
 
     h, w, c = image_shape
     if c != 1:
@@ -164,7 +183,7 @@ def _files(source, image_shape, *, seed, num_val) -> ImageSplits:
                    "num_train": int(len(train)), "num_val": int(len(val)), "split": split,
                    "normalisation": "per-volume clip to 0.5-99.5 percentiles, min-max to [0, 1]",
                    "slicing": "axis 0 (z), slices with >= 5% of pixels above 0.05"}
-    return ImageSplits({"image": images[train]}, {"image": images[val]}, description, problems, prep)
+    return ImageSplits({"image": images[train]}, {"image": images[val]}, {}, description, problems, prep)
 
 
 def split_scans(

@@ -1,4 +1,4 @@
-"""Threshold calibration and classification with a confidence.
+"""Scan-quality decisions: threshold calibration and classification with a confidence.
 
 A normality score is any quantity where HIGHER means MORE NORMAL: an estimate
 of log p(x) (nats) from :func:`jaxmed.likelihood.log_px`, or the match

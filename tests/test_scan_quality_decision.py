@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxmed.anomaly import Calibration, calibrate, classify
+from jaxmed.tasks.scan_quality import Calibration, calibrate, classify
 
 
 def test_calibrate_threshold_by_hand():

@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from jaxmed.cli import main
 from jaxmed.data.artefacts import ARTEFACTS
-from jaxmed.demo import (
+from jaxmed.tasks.scan_quality import (
     DemoConfig,
     TestSet,
     auroc_table,
@@ -155,11 +155,11 @@ def test_demo_config_validates():
 def test_noise_scale_learns_faster_and_the_model_keeps_its_floor(demo_run):
     import dataclasses
 
-    from jaxmed.demo import model_config
+    from jaxmed.tasks.scan_quality import run_config
     from jaxmed.train import OptimConfig, config_from_dict, load_config, make_optimizer
 
     config = demo_config(steps=100, warmup_steps=0, noise_scale_lr_factor=30.0, min_noise_std=0.01)
-    assert model_config(config).min_scale == 0.01
+    assert run_config(config).model_config.min_scale == 0.01
     # The optimiser the demo trained with, rebuilt from its config.json, at a constant rate.
     out, _ = demo_run
     optim = config_from_dict(OptimConfig, load_config(out / "checkpoint")["run"]["optim"])

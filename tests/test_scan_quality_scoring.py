@@ -1,4 +1,4 @@
-"""Scoring files with a checkpoint: preprocessing, scores, tables, calibration.
+"""Scoring files with a checkpoint: scores, tables, calibration.
 
 Expected values are computed independently: preprocessing by hand in numpy,
 the match score from the encoder's outputs with the closed-form Gaussian KL in
@@ -18,25 +18,26 @@ import optax
 import pytest
 from pydicom.data import get_testdata_file
 
-from jaxmed.anomaly import Calibration, two_sided_anomaly_scores
+from _helpers import preprocess_by_hand, scan_volume
+from jaxmed.data import Preprocessing
 from jaxmed.likelihood import log_px
 from jaxmed.models import PRESETS, VAE, vae_latent_model
-from jaxmed.scoring import (
+from jaxmed.tasks.scan_quality import (
     CALIBRATION_FILE,
     ROW_FIELDS,
-    Preprocessing,
+    Calibration,
     ScoreSpec,
     calibrate_paths,
     load_calibration,
     load_scorer,
-    preprocess_volume,
     save_calibration,
-    save_preprocessing,
     score_images,
     score_paths,
+    two_sided_anomaly_scores,
     write_table,
 )
-from jaxmed.train import Checkpointer, TrainState, save_config
+from jaxmed.tasks.scan_quality import scores as scores_module
+from jaxmed.train import Checkpointer, TrainState, save_config, save_preprocessing
 from jaxmed.train.registry import model_config_to_dict
 
 MATCH = ScoreSpec(method="match", batch_size=4)
@@ -59,23 +60,6 @@ def run_dir(tmp_path_factory):
     return run_dir
 
 
-def _volume(rng):
-    """(z, y, x) = (6, 8, 8): five slices with an object, one empty slice (index 3)."""
-    array = np.zeros((6, 8, 8), np.float32)
-    array[:, 2:6, 1:7] = rng.uniform(100.0, 900.0, size=(6, 4, 6))
-    array[3] = 0.0
-    array[5, 0, 0] = 5000.0  # an outlier the percentile clip removes
-    return array
-
-
-def _preprocess_by_hand(array):
-    lo, hi = np.percentile(array, [0.5, 99.5])
-    clipped = np.clip(array, lo, hi)
-    scaled = (clipped - clipped.min()) / (clipped.max() - clipped.min() + 1e-8)
-    keep = np.flatnonzero(np.mean(scaled > 0.05, axis=(1, 2)) >= 0.05)
-    return scaled[keep][..., None], keep
-
-
 def _match_by_hand(model, params, images):
     mean, log_scale = (np.asarray(a, np.float64) for a in model.apply(params, images, method=VAE.encode))
     std = np.exp(log_scale)
@@ -84,40 +68,6 @@ def _match_by_hand(model, params, images):
 
 def _write_nifti(path, array_zyx):
     nib.save(nib.Nifti1Image(np.transpose(array_zyx, (2, 1, 0)), np.eye(4)), path)
-
-
-def test_minmax_preprocessing_by_hand(rng):
-    array = _volume(rng)
-    images, indices = preprocess_volume(array, Preprocessing(image_size=(8, 8)))
-    expected, keep = _preprocess_by_hand(array)
-    np.testing.assert_array_equal(indices, [0, 1, 2, 4, 5])
-    np.testing.assert_array_equal(indices, keep)
-    assert images.shape == (5, 8, 8, 1) and images.dtype == np.float32
-    np.testing.assert_allclose(images, expected, atol=1e-6)
-
-
-def test_minmax_preprocessing_resamples_to_the_model_size(rng):
-    array = np.repeat(np.repeat(_volume(rng), 2, axis=1), 2, axis=2)  # 16x16 slices of 2x2 blocks
-    images, _ = preprocess_volume(array, Preprocessing(image_size=(8, 8)))
-    expected, _ = _preprocess_by_hand(array)
-    # Halving a 2x2-block image samples between the block's pixels: one value.
-    np.testing.assert_allclose(images, expected[:, ::2, ::2], atol=1e-5)
-
-
-def test_preprocessing_errors_name_the_problem():
-    with pytest.raises(ValueError, match="unknown preprocessing method"):
-        Preprocessing(image_size=(8, 8), method="zscore")
-    with pytest.raises(ValueError, match="scan.nii: holds NaN"):
-        preprocess_volume(_Named(np.full((2, 8, 8), np.nan, np.float32), "scan.nii"), Preprocessing(image_size=(8, 8)))
-    prep = Preprocessing(image_size=(8, 8), method="brain_mri", margin_mm=2.0)
-    assert Preprocessing.from_dict(json.loads(json.dumps(prep.to_dict()))) == prep
-    with pytest.raises(ValueError, match="unknown preprocessing field"):
-        Preprocessing.from_dict({**prep.to_dict(), "size": 3})
-
-
-class _Named:
-    def __init__(self, array, source):
-        self.array, self.source = array, source
 
 
 def test_match_scores_by_hand_and_independent_of_batching(run_dir, rng):
@@ -146,13 +96,13 @@ def test_importance_scores_use_one_key_per_image(run_dir, rng):
 
 
 def test_files_of_many_slice_counts_compile_once(run_dir, tmp_path, rng):
-    from jaxmed import scoring
+    from jaxmed.data import preprocess
 
     for num_slices in (2, 4, 6):  # 16x16 slices, resampled to the model's 8x8
-        array = np.repeat(np.repeat(_volume(rng), 2, axis=1), 2, axis=2)[:num_slices]
+        array = np.repeat(np.repeat(scan_volume(rng), 2, axis=1), 2, axis=2)[:num_slices]
         _write_nifti(tmp_path / f"scan{num_slices}.nii.gz", array)
     scorer = load_scorer(run_dir)
-    caches = (scoring._score_batch, scoring._resize_batch)
+    caches = (scores_module._score_batch, preprocess._resize_batch)
     before = [f._cache_size() for f in caches]
     first = score_paths(scorer, [tmp_path], spec=MATCH)
     # Another seed and a second call: the same programs (the seed is no part of them).
@@ -192,7 +142,7 @@ def test_calibration_file_round_trip_and_no_overwrite(tmp_path):
 def study(tmp_path, rng):
     folder = tmp_path / "study"
     folder.mkdir()
-    array = _volume(rng)
+    array = scan_volume(rng)
     _write_nifti(folder / "brain.nii.gz", array)
     shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
     shutil.copy(get_testdata_file("MR_truncated.dcm"), folder / "corrupt.dcm")
@@ -215,7 +165,7 @@ def test_score_paths_table_by_hand(run_dir, study):
 
     nifti = [r for r in table.rows if r["file"] == str(folder / "brain.nii.gz")]
     slices, (volume,) = nifti[:-1], nifti[-1:]
-    images, keep = _preprocess_by_hand(array)
+    images, keep = preprocess_by_hand(array)
     expected = _match_by_hand(scorer.model, scorer.params, images.astype(np.float32))
     assert [r["slice"] for r in slices] == keep.tolist()
     np.testing.assert_allclose([r["score"] for r in slices], expected, rtol=1e-4, atol=1e-4)
@@ -283,34 +233,3 @@ def test_two_sided_scores_by_hand():
     np.testing.assert_allclose(got, [0.0, 3 / 1.4826, 3 / 1.4826])
     with pytest.raises(ValueError):
         two_sided_anomaly_scores([1.0], [np.nan])
-
-
-def test_brain_preprocessing_reproduces_the_training_slices():
-    from jaxmed.data.brain_mri import load_brain_mri, template_path
-    from jaxmed.io import read_image
-
-    volume = read_image(template_path())
-    images, indices = preprocess_volume(volume, Preprocessing(image_size=(32, 32), method="brain_mri"))
-    splits = load_brain_mri(size=32)
-    for split in (splits.train, splits.val, splits.test):
-        rows = np.searchsorted(indices, split["slice_index"])
-        np.testing.assert_array_equal(indices[rows], split["slice_index"])
-        np.testing.assert_allclose(images[rows], split["image"], atol=1e-6)
-    # The volume given is the one used: no second read of its source.
-    moved = dataclasses.replace(volume, source="/nowhere/template.nii.gz")
-    again, _ = preprocess_volume(moved, Preprocessing(image_size=(32, 32), method="brain_mri"))
-    np.testing.assert_array_equal(again, images)
-    with pytest.raises(ValueError, match="must be a jaxmed.io.Volume"):
-        preprocess_volume(np.zeros((3, 8, 8)), Preprocessing(image_size=(8, 8), method="brain_mri"))
-
-
-def test_preprocessing_of_a_run_without_preprocess_json(tmp_path):
-    from jaxmed.scoring import load_preprocessing
-
-    (tmp_path / "config.json").write_text(json.dumps({"data": {"source": "brain-mri"}}))
-    assert load_preprocessing(tmp_path, image_shape=(64, 64, 1)) == Preprocessing(image_size=(64, 64),
-                                                                                   method="brain_mri")
-    (tmp_path / "config.json").write_text(json.dumps({"data": {"source": "/data/scans"}}))
-    assert load_preprocessing(tmp_path, image_shape=(64, 64, 1)).method == "minmax"
-    with pytest.raises(ValueError, match="not a single-channel 2D image"):
-        load_preprocessing(tmp_path, image_shape=(16, 16, 16, 1))
