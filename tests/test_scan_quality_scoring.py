@@ -19,7 +19,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from _helpers import preprocess_by_hand, scan_volume
-from jaxmed.data import Preprocessing
+from jaxmed.data import Preprocessing, preprocess_volume
 from jaxmed.likelihood import log_px
 from jaxmed.models import PRESETS, VAE, vae_latent_model
 from jaxmed.tasks.scan_quality import (
@@ -233,3 +233,32 @@ def test_two_sided_scores_by_hand():
     np.testing.assert_allclose(got, [0.0, 3 / 1.4826, 3 / 1.4826])
     with pytest.raises(ValueError):
         two_sided_anomaly_scores([1.0], [np.nan])
+
+
+def test_a_colour_image_is_scored_as_its_luma_and_says_so(run_dir, tmp_path):
+    import pydicom
+    from pydicom.pixels import convert_color_space
+
+    path = get_testdata_file("SC_rgb.dcm")  # 100x100 RGB secondary capture
+    ds = pydicom.dcmread(path)
+    rgb = ds.pixel_array.astype(np.float64)
+    if ds.PhotometricInterpretation != "RGB":
+        rgb = convert_color_space(ds.pixel_array, ds.PhotometricInterpretation, "RGB").astype(np.float64)
+    luma = rgb @ np.array([0.299, 0.587, 0.114])
+    table = score_paths(load_scorer(run_dir), [path], spec=MATCH)
+    assert table.num_scored == 1 and not table.problems
+    assert table.notes == [{"path": path, "note": "a colour image (RGB); scored as greyscale (BT.601 luma, "
+                                                  "jaxmed.io.to_greyscale)"}]
+    # The slices scored are those of the luma volume, preprocessed as any greyscale one.
+    images, indices = preprocess_volume(luma[None].astype(np.float32), Preprocessing(image_size=(8, 8)))
+    slices = [r for r in table.rows if r["level"] == "slice"]
+    assert [r["slice"] for r in slices] == indices.tolist()
+    scorer = load_scorer(run_dir)
+    expected = score_images(jax.random.key(MATCH.seed), scorer.model, scorer.params, images, spec=MATCH,
+                            indices=indices)
+    np.testing.assert_allclose([r["score"] for r in slices], expected, rtol=1e-5)
+    # Preprocessing itself refuses colour: the conversion is the caller's, explicit.
+    from jaxmed.io import read_image
+
+    with pytest.raises(ValueError, match=r"a colour image \(RGB, 3 channels\).*jaxmed.io.to_greyscale"):
+        preprocess_volume(read_image(path), Preprocessing(image_size=(8, 8)))

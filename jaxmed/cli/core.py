@@ -229,6 +229,8 @@ def _run_train(args) -> int:
     if jax.process_index() == 0:
         for problem in info["problems"]:
             print(f"skipped {problem}", file=sys.stderr)
+        for note in info["data"].get("notes", ()):
+            print(f"note: {note}", file=sys.stderr)
         last = result.records[-1] if result.records else {}
         summary = ", ".join(f"{k} {last[k]:.6g}" for k in ("loss", "val_loss") if k in last)
         print(f"trained {run.model} ({run.preset}) on {info['num_devices']} device(s) x "

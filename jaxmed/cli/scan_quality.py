@@ -180,6 +180,8 @@ def _run_score(args) -> int:
     if calibration is None and args.threshold is None:
         print("no decisions: the checkpoint has no calibration.json (run jaxmed calibrate) and no --threshold "
               "was given", file=sys.stderr)
+    for note in table.notes:
+        print(f"note: {note['path']}: {note['note']}", file=sys.stderr)
     if table.problems:
         print(f"could not score {len(table.problems)} input(s):", file=sys.stderr)
         for problem in table.problems:

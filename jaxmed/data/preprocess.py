@@ -164,9 +164,13 @@ def preprocess_volume(volume: Any, prep: Preprocessing) -> tuple[np.ndarray, np.
       enough foreground.
 
     Raises:
-      ValueError: the volume is not 3D, holds NaN/Inf, or cannot be
-        preprocessed this way (naming its source).
+      ValueError: the volume is not 3D, holds NaN/Inf, is a colour image
+        (convert it explicitly, :func:`jaxmed.io.to_greyscale`), or cannot
+        be preprocessed this way (naming its source).
     """
+    if getattr(volume, "is_colour", False):
+        raise ValueError(f"{volume.source}: a colour image ({volume.photometric}, {volume.channels} channels) and the "
+                         "model takes one channel; convert it explicitly with jaxmed.io.to_greyscale (BT.601 luma)")
     return _PREPROCESSORS[prep.method](volume, prep)
 
 

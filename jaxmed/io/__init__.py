@@ -1,10 +1,13 @@
 """jaxmed.io: images in. DICOM files, multi-frame files and series, and NIfTI.
 
 Every reader returns a `Volume`: a float32 ``(z, y, x)`` array of modality
-values, spacing in mm and an affine to LPS patient coordinates (the convention
-is stated in `jaxmed.io.volume`). Bad input raises `ImageReadError`, whose
-message names the file and the problem; batch readers (`load_volumes`,
-`describe_paths`) collect `ReadProblem`s instead and go on.
+values (higher is brighter; MONOCHROME1 inverted), or ``(z, y, x, 3)`` RGB for
+colour images, spacing in mm (unknown spacing: 1 mm, flagged and warned) and
+an affine to LPS patient coordinates (the convention is stated in
+`jaxmed.io.volume`). `to_greyscale` turns a colour volume into one channel.
+Bad input raises `ImageReadError`, whose message names the file and the
+problem; batch readers (`load_volumes`, `describe_paths`) collect
+`ReadProblem`s instead and go on.
 """
 
 from jaxmed.io.describe import describe_paths, format_description, iter_volumes, load_volumes
@@ -13,11 +16,12 @@ from jaxmed.io.geometry import axis_codes
 from jaxmed.io.nifti import read_nifti
 from jaxmed.io.read import read_image
 from jaxmed.io.series import list_series, read_series
-from jaxmed.io.volume import ImageReadError, ReadProblem, Volume
+from jaxmed.io.volume import ImageReadError, ReadProblem, UnknownSpacingWarning, Volume, to_greyscale
 
 __all__ = [
     "ImageReadError",
     "ReadProblem",
+    "UnknownSpacingWarning",
     "Volume",
     "axis_codes",
     "describe_paths",
@@ -29,4 +33,5 @@ __all__ = [
     "read_image",
     "read_nifti",
     "read_series",
+    "to_greyscale",
 ]

@@ -1,8 +1,9 @@
 """Batch reading of files and folders: `load_volumes`, and `describe_paths` for ``jaxmed info``.
 
 Descriptions hold only technical, non-identifying fields (modality, shape,
-spacing, orientation, UIDs, series number, file paths); no patient name, ID,
-birth date or any other patient or study attribute is ever read into them.
+colour, spacing, orientation, UIDs, series number, file paths); no patient
+name, ID, birth date or any other patient or study attribute is ever read into
+them.
 """
 
 from __future__ import annotations
@@ -118,7 +119,10 @@ def _describe(found: Found) -> dict:
         "path": v.source,
         "modality": v.modality,
         "shape": list(v.shape),
+        "channels": v.channels,
+        "photometric": v.photometric,
         "spacing": [round(s, 6) for s in v.spacing],
+        "spacing_known": list(v.spacing_known),
         "orientation": axis_codes(v.affine),
         "num_slices": v.shape[0],
         "num_files": len(found.files),
@@ -141,12 +145,15 @@ def describe_paths(paths: Sequence) -> dict:
     Returns:
         A JSON-serialisable dict ``{"items": [...], "errors": [...]}``. Each
         item describes one DICOM file, DICOM series or NIfTI file: ``kind``,
-        ``path``, ``modality``, ``shape`` (z, y, x), ``spacing`` (mm, z, y,
-        x), ``orientation`` (patient direction of each axis, e.g. ``"SPL"``),
-        ``num_slices`` (slices or frames), ``num_files``, ``series_uid``,
-        ``series_number``, ``min``/``max`` (modality values), ``notes``
-        (assumptions made) and ``files``. Each error is ``{"path", "problem"}``.
-        No patient-identifying field is included.
+        ``path``, ``modality``, ``shape`` (z, y, x), ``channels`` (1, or 3
+        for RGB), ``photometric`` (the file's PhotometricInterpretation, ""
+        for NIfTI), ``spacing`` (mm, z, y, x), ``spacing_known`` (per axis;
+        False: 1 mm assumed), ``orientation`` (patient direction of each
+        axis, e.g. ``"SPL"``), ``num_slices`` (slices or frames),
+        ``num_files``, ``series_uid``, ``series_number``, ``min``/``max``
+        (modality values, or colour sample values), ``notes`` (assumptions
+        made) and ``files``. Each error is ``{"path", "problem"}``. No
+        patient-identifying field is included.
     """
     items, errors = [], []
     for found in iter_volumes(paths):
@@ -157,8 +164,18 @@ def describe_paths(paths: Sequence) -> dict:
     return {"items": items, "errors": errors}
 
 
-def _fmt_spacing(spacing: Sequence[float]) -> str:
-    return " x ".join(f"{s:.4g}" for s in spacing)
+def _fmt_spacing(spacing: Sequence[float], known: Sequence[bool]) -> str:
+    """``"2.5 x 0.4883 x 0.4883"``; an unknown (assumed 1 mm) spacing is shown as ``"1?"``."""
+    return " x ".join(f"{s:.4g}" + ("" if k else "?") for s, k in zip(spacing, known))
+
+
+def _fmt_pixels(photometric: str, channels: int) -> str:
+    """What the values are: ``"MONOCHROME2"``, ``"YBR_FULL_422 -> RGB"``, ``"RGB -> grey"``, ``"-"``."""
+    if channels > 1:
+        return "RGB" if photometric == "RGB" else f"{photometric or '?'} -> RGB"
+    if photometric and not photometric.startswith("MONOCHROME"):
+        return f"{photometric} -> grey"  # a colour file converted by to_greyscale
+    return photometric or "-"
 
 
 def format_description(description: dict) -> str:
@@ -168,14 +185,16 @@ def format_description(description: dict) -> str:
         description: the dict returned by `describe_paths`.
 
     Returns:
-        Multi-line text: one row per item (kind, modality, shape, spacing,
-        orientation, slices, files, series uid, path), each item's notes below
-        it, then the list of errors.
+        Multi-line text: one row per item (kind, modality, shape, pixels
+        (photometric interpretation, and "-> RGB" for colour), spacing with
+        "?" where unknown, orientation, files, series uid, path), each item's
+        notes below it, then the list of errors.
     """
     header = (
         "KIND",
         "MODALITY",
         "SHAPE (z,y,x)",
+        "PIXELS",
         "SPACING mm (z,y,x)",
         "AXES",
         "FILES",
@@ -187,7 +206,8 @@ def format_description(description: dict) -> str:
             item["kind"],
             item["modality"] or "-",
             " x ".join(str(n) for n in item["shape"]),
-            _fmt_spacing(item["spacing"]),
+            _fmt_pixels(item.get("photometric", ""), item.get("channels", 1)),
+            _fmt_spacing(item["spacing"], item.get("spacing_known", [True] * 3)),
             item["orientation"],
             str(item["num_files"]),
             item["series_uid"] or "-",

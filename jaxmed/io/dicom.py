@@ -1,16 +1,15 @@
-"""DICOM files: opening, per-frame geometry, pixel values, and stacking into a `Volume`.
+"""DICOM files: opening, per-frame geometry, and stacking into a `Volume`.
 
-Pixel data are decoded only by pydicom (``Dataset.pixel_array``) and the
-modality LUT (rescale slope/intercept, or a Modality LUT Sequence) is applied
-by pydicom's ``apply_modality_lut``; for enhanced multi-frame images it is
-applied frame by frame with the slope/intercept of each frame's functional
-groups. The axis order and patient-coordinate convention are in
+Headers are read here; pixel values (decoding, colour conversion, modality
+LUT, MONOCHROME1 inversion, VOI) are computed by pydicom through
+`jaxmed.io.pixels`. For enhanced multi-frame images the rescale and window
+come from each frame's functional groups. The axis order, the
+patient-coordinate convention and what the values mean are in
 `jaxmed.io.volume`.
 
-Only greyscale images (MONOCHROME1/MONOCHROME2, one sample per pixel) are
-read; colour images raise `ImageReadError` ("colour images are not
-supported"). MONOCHROME1 values are kept as stored (low values display
-bright); only the modality LUT is applied, never a VOI or presentation LUT.
+Greyscale (MONOCHROME1/MONOCHROME2) and colour images (RGB, YBR_FULL,
+YBR_FULL_422, YBR_ICT, YBR_RCT, PALETTE COLOR) are read; other photometric
+interpretations raise `ImageReadError` naming them.
 
 Files without the 128-byte preamble and ``DICM`` prefix (raw data sets, as
 written by some old software) are read when their first bytes are a group
@@ -22,6 +21,7 @@ is reported as "not a DICOM file" without being parsed.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -29,18 +29,18 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxmed.io import geometry
-from jaxmed.io.volume import ImageReadError, Volume
+from jaxmed.io.pixels import COLOUR, GREYSCALE, frame_window, pixel_values
+from jaxmed.io.volume import ImageReadError, UnknownSpacingWarning, Volume, short_error
 
-__all__ = ["DicomHeader", "FrameHeader", "read_dicom", "read_header", "stack_files"]
+__all__ = ["DicomHeader", "FrameHeader", "file_values", "read_dicom", "read_header", "stack_files"]
 
 # First two bytes of a raw (prefix-less) data set: a tag of group 0x0002 or
 # 0x0008 in little- or big-endian byte order.
 _RAW_DATASET_STARTS = (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
-_GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
 _PIXEL_DATA = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-# pydicom names a missing plugin by its import name; pip knows some otherwise.
-_PIP_NAMES = {"gdcm": "python-gdcm"}
-_MAX_PROBLEM_CHARS = 300
+# Notes that differ from file to file (windows, rescale ranges) are listed up
+# to this many times in a stacked volume, then counted.
+_MAX_NOTE_VARIANTS = 3
 
 
 class FrameHeader(NamedTuple):
@@ -59,6 +59,9 @@ class FrameHeader(NamedTuple):
         rescale: ``(slope, intercept)`` from the frame's functional groups
             (enhanced multi-frame), or None: then the top-level modality LUT
             applies.
+        window: ``(center, width, function)`` of the first window in the
+            frame's FrameVOILUTSequence (enhanced multi-frame), or None: then
+            the top-level VOI LUT module applies.
     """
 
     path: str
@@ -71,6 +74,7 @@ class FrameHeader(NamedTuple):
     slice_gap: float | None
     instance_number: int | None
     rescale: tuple[float, float] | None
+    window: tuple[float, float, str] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,6 +90,9 @@ class DicomHeader:
         sop_instance_uid: SOPInstanceUID, or "".
         series_number: SeriesNumber, or None.
         notes: assumptions made while reading the header.
+        photometric: PhotometricInterpretation (checked: greyscale or a
+            colour interpretation jaxmed converts to RGB).
+        samples: SamplesPerPixel, 1 or 3.
     """
 
     path: str
@@ -96,11 +103,13 @@ class DicomHeader:
     sop_instance_uid: str
     series_number: int | None
     notes: tuple[str, ...] = ()
+    photometric: str = "MONOCHROME2"
+    samples: int = 1
 
-
-def _short(err: BaseException) -> str:
-    text = f"{type(err).__name__}: {err}".replace("\n", " ")
-    return text if len(text) <= _MAX_PROBLEM_CHARS else text[: _MAX_PROBLEM_CHARS - 3] + "..."
+    @property
+    def channels(self) -> int:
+        """Channels of the values: 1 for greyscale, 3 for colour (palette colour included)."""
+        return 1 if self.photometric in GREYSCALE else 3
 
 
 def _open_dataset(path: str, *, stop_before_pixels: bool):
@@ -118,7 +127,7 @@ def _open_dataset(path: str, *, stop_before_pixels: bool):
         with open(path, "rb") as f:
             head = f.read(132)
     except OSError as err:
-        raise ImageReadError(path, f"cannot be opened ({_short(err)})") from None
+        raise ImageReadError(path, f"cannot be opened ({short_error(err)})") from None
     if not head:
         raise ImageReadError(path, "empty file")
     has_prefix = len(head) == 132 and head[128:132] == b"DICM"
@@ -130,7 +139,7 @@ def _open_dataset(path: str, *, stop_before_pixels: bool):
         ds = pydicom.dcmread(path, force=not has_prefix, stop_before_pixels=stop_before_pixels)
     except Exception as err:  # pydicom raises many types for corrupt or cut-short data
         raise ImageReadError(
-            path, f"DICOM data could not be parsed, file corrupt or truncated? ({_short(err)})"
+            path, f"DICOM data could not be parsed, file corrupt or truncated? ({short_error(err)})"
         ) from None
     meta = getattr(ds, "file_meta", None)
     if meta is None or "TransferSyntaxUID" not in meta:
@@ -185,9 +194,16 @@ def _attr(item, keyword):
     return None if item is None else item.get(keyword)
 
 
-def _frame_count(ds) -> int:
-    count = _int(ds.get("NumberOfFrames"))
-    return count if count and count > 0 else 1
+def _frame_count(ds, path: str) -> int:
+    value = ds.get("NumberOfFrames")
+    if value in (None, ""):
+        return 1
+    count = _int(value)
+    if count is None or count < 1:
+        # pydicom keeps an invalid IS value as its text, which would surface
+        # later as a TypeError deep inside the pixel-size arithmetic.
+        raise ImageReadError(path, f"NumberOfFrames (0028,0008) is {str(value)!r}, not a positive integer")
+    return count
 
 
 def _orientation(values: tuple[float, ...] | None, path: str) -> tuple[float, ...] | None:
@@ -213,12 +229,14 @@ class _Plane(NamedTuple):
     pixel_spacing: tuple[float, ...] | None
     gap: float | None
     rescale: tuple[float, float] | None = None
+    window: tuple[float, float, str] | None = None
 
 
 _SPACING_KEYWORDS = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
 
 
-def _check_greyscale_image(ds, path: str, *, with_pixels: bool) -> None:
+def _check_image(ds, path: str, *, with_pixels: bool) -> tuple[str, int]:
+    """Checks that `ds` is an image jaxmed reads; returns ``(photometric, samples per pixel)``."""
     rows, columns = _int(ds.get("Rows")), _int(ds.get("Columns"))
     has_pixels = any(k in ds for k in _PIXEL_DATA)
     if not rows or not columns or (with_pixels and not has_pixels):
@@ -229,34 +247,50 @@ def _check_greyscale_image(ds, path: str, *, with_pixels: bool) -> None:
         raise ImageReadError(path, f"no pixel data: not an image ({kind})")
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     samples = _int(ds.get("SamplesPerPixel")) or 1
-    if samples != 1 or photometric not in _GREYSCALE:
+    expected = 1 if photometric in GREYSCALE or photometric == "PALETTE COLOR" else 3
+    if photometric not in GREYSCALE and photometric not in COLOUR:
         raise ImageReadError(
             path,
-            f"colour images are not supported (PhotometricInterpretation {photometric!r}, "
-            f"{samples} sample(s) per pixel); jaxmed reads greyscale images only",
+            f"PhotometricInterpretation {photometric!r} is not supported; jaxmed reads "
+            + ", ".join(GREYSCALE + COLOUR),
         )
+    if samples != expected:
+        raise ImageReadError(
+            path,
+            f"PhotometricInterpretation {photometric} needs {expected} sample(s) per pixel, "
+            f"the file says {samples}",
+        )
+    return photometric, samples
+
+
+def _pixel_spacing(ds, keywords: Sequence[str], notes: list[str]) -> tuple[float, float] | None:
+    """The first positive spacing among `keywords` of `ds`; zero or negative ones are noted and skipped."""
+    for keyword in keywords:
+        spacing = _floats(ds.get(keyword), 2) if ds is not None else None
+        if spacing is None:
+            continue
+        if min(spacing) <= 0:
+            notes.append(f"{keyword} is {list(spacing)}, not a spacing: ignored")
+            continue
+        if keyword != "PixelSpacing":
+            notes.append(f"pixel spacing from {keyword} (not calibrated at the patient)")
+        return spacing
+    return None
 
 
 def _top_plane(ds, path: str, notes: list[str]) -> _Plane:
     """Geometry from the top-level attributes (single-frame and legacy multi-frame images)."""
-    spacing = None
-    for keyword in _SPACING_KEYWORDS:
-        spacing = _floats(ds.get(keyword), 2)
-        if spacing is not None:
-            if keyword != "PixelSpacing":
-                notes.append(f"pixel spacing from {keyword} (not calibrated at the patient)")
-            break
     gap = _floats(ds.get("SpacingBetweenSlices"), 1) or _floats(ds.get("SliceThickness"), 1)
     return _Plane(
         position=_floats(ds.get("ImagePositionPatient"), 3),
         orientation=_orientation(_floats(ds.get("ImageOrientationPatient"), 6), path),
-        pixel_spacing=spacing,
+        pixel_spacing=_pixel_spacing(ds, _SPACING_KEYWORDS, notes),
         gap=gap[0] if gap else None,
     )
 
 
-def _enhanced_plane(ds, frame: int, top: _Plane, path: str) -> _Plane:
-    """One frame's geometry and rescale from the functional groups (per-frame, else shared)."""
+def _enhanced_plane(ds, frame: int, top: _Plane, path: str, notes: list[str]) -> _Plane:
+    """One frame's geometry, rescale and window from the functional groups (per-frame, else shared)."""
     plane = _group_item(ds, frame, "PlanePositionSequence")
     orient = _group_item(ds, frame, "PlaneOrientationSequence")
     measures = _group_item(ds, frame, "PixelMeasuresSequence")
@@ -268,9 +302,10 @@ def _enhanced_plane(ds, frame: int, top: _Plane, path: str) -> _Plane:
         position=_floats(_attr(plane, "ImagePositionPatient"), 3) or top.position,
         orientation=_orientation(_floats(_attr(orient, "ImageOrientationPatient"), 6), path)
         or top.orientation,
-        pixel_spacing=_floats(_attr(measures, "PixelSpacing"), 2) or top.pixel_spacing,
+        pixel_spacing=_pixel_spacing(measures, ("PixelSpacing",), notes) or top.pixel_spacing,
         gap=gap[0] if gap else top.gap,
         rescale=(slope[0], intercept[0]) if slope and intercept else None,
+        window=frame_window(_group_item(ds, frame, "FrameVOILUTSequence")),
     )
 
 
@@ -286,10 +321,12 @@ def _legacy_frame_plane(top: _Plane, offsets: tuple[float, ...] | None, frame: i
 
 
 def _frame_planes(ds, path: str, notes: list[str]) -> list[_Plane]:
-    n_frames = _frame_count(ds)
+    n_frames = _frame_count(ds, path)
     top = _top_plane(ds, path, notes)
     if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
-        return [_enhanced_plane(ds, k, top, path) for k in range(n_frames)]
+        planes = [_enhanced_plane(ds, k, top, path, notes) for k in range(n_frames)]
+        notes[:] = list(dict.fromkeys(notes))  # one note per distinct fact, not per frame
+        return planes
     if n_frames == 1:
         return [top]
     offsets = _floats(ds.get("GridFrameOffsetVector"), n_frames)
@@ -306,19 +343,21 @@ def read_header(path, *, dataset=None) -> DicomHeader:
 
     Returns:
         The header, with one `FrameHeader` per frame. Enhanced multi-frame
-        geometry and rescale come from the functional groups
+        geometry, rescale and window come from the functional groups
         (PlanePositionSequence, PlaneOrientationSequence, PixelMeasuresSequence,
-        PixelValueTransformationSequence; per-frame before shared); RT Dose
-        frame positions from GridFrameOffsetVector.
+        PixelValueTransformationSequence, FrameVOILUTSequence; per-frame
+        before shared); RT Dose frame positions from GridFrameOffsetVector.
+        A zero PixelSpacing is ignored (noted), as if absent.
 
     Raises:
-        ImageReadError: not DICOM, unparsable, no image (no pixel data), colour,
+        ImageReadError: not DICOM, unparsable, no image (no pixel data), an
+            unsupported photometric interpretation, malformed NumberOfFrames,
             or malformed geometry.
     """
     path = os.fspath(path)
     ds = dataset if dataset is not None else _open_dataset(path, stop_before_pixels=True)
     try:
-        _check_greyscale_image(ds, path, with_pixels=dataset is not None)
+        photometric, samples = _check_image(ds, path, with_pixels=dataset is not None)
         notes: list[str] = []
         planes = _frame_planes(ds, path, notes)
         rows, columns = int(ds.Rows), int(ds.Columns)
@@ -336,6 +375,7 @@ def read_header(path, *, dataset=None) -> DicomHeader:
                 slice_gap=p.gap,
                 instance_number=instance_number,
                 rescale=p.rescale,
+                window=p.window,
             )
             for k, p in enumerate(planes)
         )
@@ -348,80 +388,32 @@ def read_header(path, *, dataset=None) -> DicomHeader:
             sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),
             series_number=_int(ds.get("SeriesNumber")),
             notes=tuple(notes),
+            photometric=photometric,
+            samples=samples,
         )
     except ImageReadError:
         raise
     except Exception as err:  # pydicom converts values lazily; malformed ones raise here
-        raise ImageReadError(path, f"malformed DICOM header ({_short(err)})") from None
+        raise ImageReadError(path, f"malformed DICOM header ({short_error(err)})") from None
 
 
-def _install_hint(decoder, lead: str) -> str:
-    """pip names of the decoders pydicom knows but cannot use, e.g. "; install one of: python-gdcm"."""
-    options = []
-    for line in decoder.missing_dependencies:
-        _, _, needs = line.partition(" - requires ")
-        names = []
-        for req in needs.split(" and "):
-            name = req.strip().split(">")[0].split("=")[0].split("<")[0].strip()
-            if name and name != "numpy":
-                names.append(_PIP_NAMES.get(name, name))
-        if names:
-            options.append(" + ".join(names))
-    return f"; {lead}: " + ", ".join(options) if options else ""
-
-
-def _decode_problem(ds, err: BaseException) -> str:
-    from pydicom.pixels import get_decoder
-
-    uid = ds.file_meta.TransferSyntaxUID
-    name = getattr(uid, "name", str(uid))
-    if not getattr(uid, "is_compressed", False):
-        return f"pixel data could not be read ({_short(err)})"
-    try:
-        decoder = get_decoder(uid)
-    except NotImplementedError:
-        return f"pixel data are encoded as {name!r} ({uid}), which pydicom cannot decode"
-    if not decoder.is_available:
-        hint = _install_hint(decoder, "install one of")
-        return f"pixel data are compressed as {name!r} ({uid}) and no installed package decodes it{hint}"
-    plugins = ", ".join(decoder.available_plugins)
-    return (
-        f"pixel data compressed as {name!r} ({uid}) could not be decoded by the installed "
-        f"decoder(s) ({plugins}): {_short(err)}{_install_hint(decoder, 'other decoders')}"
-    )
-
-
-def _check_native_length(ds, path: str) -> None:
-    from pydicom.pixels.utils import get_expected_length
-
-    if ds.file_meta.TransferSyntaxUID.is_compressed or "PixelData" not in ds:
-        return
-    try:
-        expected = get_expected_length(ds)
-    except Exception:  # malformed group 0028 values; pydicom's decoder will say more
-        return
-    actual = len(ds.PixelData)
-    if actual < expected:
-        raise ImageReadError(
-            path,
-            f"pixel data truncated: {actual} of {expected} bytes present "
-            "(file cut short or wrong image size)",
-        )
-
-
-def file_values(header: DicomHeader) -> np.ndarray:
-    """Decodes a file's pixels and applies the modality LUT.
+def file_values(header: DicomHeader, *, voi: bool = False) -> tuple[np.ndarray, list[str]]:
+    """Decodes a file's pixels and computes its values (see `jaxmed.io.pixels`).
 
     Args:
         header: from `read_header`; the file is read again if its data set was
             read without pixel data.
+        voi: apply the VOI LUT or first window (greyscale only).
 
     Returns:
-        float32 ``[frames, rows, columns]`` modality values, frames in file order.
+        ``(values, notes)``: float32 ``[frames, rows, columns]`` (greyscale) or
+        ``[frames, rows, columns, 3]`` (RGB), frames in file order; and notes
+        on what was done (MONOCHROME1 inverted, VOI applied).
 
     Raises:
-        ImageReadError: no pixel data, truncated, no decoder installed, or a
-            shape that does not match the header.
+        ImageReadError: no pixel data, truncated, no decoder installed, a
+            shape that does not match the header, or values that cannot be
+            computed.
     """
     ds = header.dataset
     path = header.path
@@ -432,43 +424,9 @@ def file_values(header: DicomHeader) -> np.ndarray:
                 path,
                 "no pixel data element (7FE0,0010) although the header describes an image (file truncated?)",
             )
-    _check_native_length(ds, path)
-    try:
-        raw = ds.pixel_array
-    except Exception as err:  # pydicom's decoders raise several types
-        raise ImageReadError(path, _decode_problem(ds, err)) from None
-    n = len(header.frames)
-    rows, columns = header.frames[0].rows, header.frames[0].columns
-    if raw.size != n * rows * columns:
-        raise ImageReadError(
-            path, f"decoded pixel data has shape {raw.shape}, expected {n} x {rows} x {columns}"
-        )
-    raw = raw.reshape(n, rows, columns)
-    try:
-        return _apply_modality(raw, ds, header.frames)
-    except Exception as err:  # a malformed Modality LUT Sequence or rescale value
-        raise ImageReadError(path, f"modality LUT / rescale could not be applied ({_short(err)})") from None
-
-
-def _apply_modality(raw: np.ndarray, ds, frames: Sequence[FrameHeader]) -> np.ndarray:
-    from pydicom.dataset import Dataset
-    from pydicom.pixels import apply_modality_lut
-
-    n, rows, columns = raw.shape
-    if all(f.rescale is None for f in frames):
-        values = apply_modality_lut(raw, ds)
-        return np.asarray(values, dtype=np.float32)
-    out = np.empty((n, rows, columns), dtype=np.float32)
-    for k, frame in enumerate(frames):
-        if frame.rescale is None:
-            out[k] = apply_modality_lut(raw[k], ds)
-            continue
-        # A stand-in data set carrying this frame's functional-group rescale, so
-        # that pydicom's own apply_modality_lut does the arithmetic.
-        proxy = Dataset()
-        proxy.RescaleSlope, proxy.RescaleIntercept = frame.rescale
-        out[k] = apply_modality_lut(raw[k], proxy)
-    return out
+    return pixel_values(
+        ds, path, header.frames, photometric=header.photometric, samples=header.samples, voi=voi
+    )
 
 
 def _label(frame: FrameHeader, root: str | None, multi: bool) -> str:
@@ -513,8 +471,8 @@ _AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 def _common_plane(
     frames: Sequence[FrameHeader], labels: Sequence[str], source: str, notes: list[str]
-) -> tuple[tuple[float, ...] | None, tuple[float, float]]:
-    """The size, orientation and pixel spacing all frames share, or an error naming the odd ones."""
+) -> tuple[tuple[float, ...] | None, tuple[float, float] | None]:
+    """Size, orientation and pixel spacing (None: unknown) all frames share, or an error naming odd ones."""
     sizes = [(f.rows, f.columns) for f in frames]
     if len(set(sizes)) > 1:
         raise ImageReadError(
@@ -543,14 +501,29 @@ def _common_plane(
         )
     spacings = [f.pixel_spacing for f in frames]
     if all(s is None for s in spacings):
-        notes.append("no pixel spacing in the header: 1 mm assumed")
-        return orientation, (1.0, 1.0)
+        notes.append("no pixel spacing in the header (or only 0): pixel spacing unknown, 1 mm assumed")
+        return orientation, None
     if any(s is None for s in spacings) or not _same(spacings, 1e-4, 1e-3):
         raise ImageReadError(
             source,
             "slices of different pixel spacing: " + _groups_text(spacings, labels, lambda s: f"{s} mm"),
         )
     return orientation, spacings[0]
+
+
+def _common_photometric(headers: Sequence[DicomHeader], label_root: str | None, source: str) -> str:
+    """The PhotometricInterpretation(s) of the files, or an error if their values do not mix.
+
+    Greyscale files must agree exactly (MONOCHROME1 values are inverted,
+    MONOCHROME2 ones are not); colour files all become RGB, so they mix.
+    """
+    kinds = [h.photometric if h.channels == 1 else "colour (RGB)" for h in headers]
+    if len(set(kinds)) > 1:
+        labels = [_label(h.frames[0], label_root, False) for h in headers]
+        raise ImageReadError(
+            source, "slices of different photometric interpretation: " + _groups_text(kinds, labels, str)
+        )
+    return "/".join(sorted({h.photometric for h in headers}))
 
 
 def _fallback_order(frames: Sequence[FrameHeader], single_file: bool, notes: list[str]) -> np.ndarray:
@@ -574,13 +547,13 @@ def _fallback_order(frames: Sequence[FrameHeader], single_file: bool, notes: lis
     return np.asarray(sorted(range(n), key=keys.__getitem__), dtype=np.int64)
 
 
-def _fallback_gap(frames: Sequence[FrameHeader], has_orientation: bool, notes: list[str]) -> float:
-    """Slice spacing when it cannot come from positions (mm)."""
+def _fallback_gap(frames: Sequence[FrameHeader], has_orientation: bool, notes: list[str]) -> float | None:
+    """Slice spacing (mm) from the header when it cannot come from positions; None: unknown."""
     gap = frames[0].slice_gap
     if gap is None or gap <= 0:
         if len(frames) > 1 or not has_orientation:
             notes.append("slice spacing unknown: 1 mm assumed")
-        return 1.0
+        return None
     if len(frames) > 1:
         notes.append(f"slice spacing {gap:g} mm from SpacingBetweenSlices/SliceThickness, not from positions")
     return gap
@@ -596,7 +569,8 @@ def _order_and_affine(
     single_file: bool,
     spacing_rtol: float,
     notes: list[str],
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Slice order, affine, and whether the slice spacing is known (from positions or the header)."""
     positions = [f.position for f in frames]
     if orientation is not None and len(frames) > 1 and all(p is not None for p in positions):
         try:
@@ -605,7 +579,7 @@ def _order_and_affine(
             )
         except geometry.GeometryError as err:
             raise ImageReadError(source, str(err)) from None
-        return stack.order, stack.affine
+        return stack.order, stack.affine, True
     order = _fallback_order(frames, single_file, notes)
     gap = _fallback_gap(frames, orientation is not None, notes)
     first = positions[order[0]]
@@ -613,21 +587,57 @@ def _order_and_affine(
         notes.append("no ImagePositionPatient: origin 0 assumed")
     origin = first if orientation is not None and first is not None else (0.0, 0.0, 0.0)
     orientation = orientation or _AXIAL
-    step = geometry.slice_normal(orientation) * gap
-    return order, geometry.slice_affine(orientation, origin, pixel_spacing, step)
+    step = geometry.slice_normal(orientation) * (gap or 1.0)
+    return order, geometry.slice_affine(orientation, origin, pixel_spacing, step), gap is not None
 
 
-def _stacked_values(headers: Sequence[DicomHeader], order: np.ndarray) -> np.ndarray:
-    """Modality values of all frames, file by file, placed at their sorted slice."""
-    first = headers[0].frames[0]
+def _merge_notes(per_file: Sequence[Sequence[str]]) -> list[str]:
+    """Distinct notes of many files; a kind of note (text before ':') listed at most a few times."""
+    distinct = list(dict.fromkeys(n for notes in per_file for n in notes))
+    shown, counts = [], {}
+    for note in distinct:
+        kind = note.split(":")[0]
+        counts[kind] = counts.get(kind, 0) + 1
+        if counts[kind] <= _MAX_NOTE_VARIANTS:
+            shown.append(note)
+    extra = [
+        f"{kind}: {n - _MAX_NOTE_VARIANTS} more variant(s) in other files"
+        for kind, n in counts.items()
+        if n > _MAX_NOTE_VARIANTS
+    ]
+    return shown + extra
+
+
+def _stacked_values(
+    headers: Sequence[DicomHeader], order: np.ndarray, *, voi: bool
+) -> tuple[np.ndarray, list[str]]:
+    """Values of all frames, file by file, placed at their sorted slice; and the pixel notes."""
+    if len(headers) == 1 and np.array_equal(order, np.arange(len(order))):
+        return file_values(headers[0], voi=voi)  # no copy: multi-frame colour files are large
+    first = headers[0]
     slot = np.empty(len(order), dtype=np.int64)
     slot[order] = np.arange(len(order))
-    array = np.empty((len(order), first.rows, first.columns), dtype=np.float32)
-    start = 0
+    channels = () if first.channels == 1 else (first.channels,)
+    array = np.empty((len(order), first.frames[0].rows, first.frames[0].columns, *channels), dtype=np.float32)
+    start, per_file = 0, []
     for h in headers:
-        array[slot[start : start + len(h.frames)]] = file_values(h)
+        values, notes = file_values(h, voi=voi)
+        array[slot[start : start + len(h.frames)]] = values
+        per_file.append(notes)
         start += len(h.frames)
-    return array
+    return array, _merge_notes(per_file)
+
+
+def _warn_unknown_spacing(source: str, known: tuple[bool, bool, bool], n_slices: int) -> None:
+    unknown = [] if all(known[1:]) else ["pixel spacing"]
+    if not known[0] and n_slices > 1:
+        unknown.append("slice spacing")
+    if unknown:
+        warnings.warn(
+            f"{source}: {' and '.join(unknown)} unknown, 1 mm assumed (Volume.spacing_known says which axes)",
+            UnknownSpacingWarning,
+            stacklevel=3,  # the caller of stack_files
+        )
 
 
 def stack_files(
@@ -637,6 +647,7 @@ def stack_files(
     label_root: str | None = None,
     spacing_rtol: float = 0.01,
     notes: Sequence[str] = (),
+    voi: bool = False,
 ) -> Volume:
     """Stacks the frames of one or more DICOM files into a `Volume`.
 
@@ -645,9 +656,12 @@ def stack_files(
     spaced; the slice spacing is computed from the positions. Only when
     positions are missing are frames ordered by InstanceNumber (then file
     name, then frame index), with the gap taken from SpacingBetweenSlices,
-    else SliceThickness, else 1 mm; this is recorded in ``Volume.notes``.
-    Without ImageOrientationPatient the orientation is taken as axial
-    (identity) with the origin at 0, also noted.
+    else SliceThickness, else unknown (1 mm); this is recorded in
+    ``Volume.notes``. Without ImageOrientationPatient the orientation is taken
+    as axial (identity) with the origin at 0, also noted. Without a usable
+    pixel spacing it is unknown (1 mm, `UnknownSpacingWarning`, see
+    `jaxmed.io.volume`). Colour files stack like greyscale ones, to
+    ``(z, y, x, 3)``.
 
     Args:
         headers: `read_header` results, all of one series.
@@ -655,31 +669,36 @@ def stack_files(
         label_root: file names in messages are relative to this folder.
         spacing_rtol: allowed relative deviation of a gap from the median gap.
         notes: notes to carry into the volume.
+        voi: apply each file's VOI LUT or first window (greyscale only).
 
     Returns:
         The volume (convention in `jaxmed.io.volume`).
 
     Raises:
-        ImageReadError: frames of different size, orientation or pixel
-            spacing; duplicate positions; uneven spacing (gaps listed); pixel
-            data problems of any file.
+        ImageReadError: frames of different size, orientation, pixel spacing
+            or photometric interpretation (greyscale with colour, MONOCHROME1
+            with MONOCHROME2); duplicate positions; uneven spacing (gaps
+            listed); pixel data problems of any file.
     """
     frames = [f for h in headers for f in h.frames]
     multi = any(len(h.frames) > 1 for h in headers)
     labels = [_label(f, label_root, multi) for f in frames]
     notes = list(dict.fromkeys([*notes, *(n for h in headers for n in h.notes)]))
+    photometric = _common_photometric(headers, label_root, source)
     orientation, pixel_spacing = _common_plane(frames, labels, source, notes)
-    order, affine = _order_and_affine(
+    order, affine, gap_known = _order_and_affine(
         frames,
         orientation=orientation,
-        pixel_spacing=pixel_spacing,
+        pixel_spacing=pixel_spacing or (1.0, 1.0),
         labels=labels,
         source=source,
         single_file=len(headers) == 1,
         spacing_rtol=spacing_rtol,
         notes=notes,
     )
-    array = _stacked_values(headers, order)
+    spacing_known = (gap_known, pixel_spacing is not None, pixel_spacing is not None)
+    array, pixel_notes = _stacked_values(headers, order, voi=voi)
+    _warn_unknown_spacing(source, spacing_known, len(frames))
 
     # SOPInstanceUIDs in slice order (a multi-frame file once, at its first slice).
     sop_by_path = {h.path: h.sop_instance_uid for h in headers}
@@ -694,12 +713,14 @@ def stack_files(
         series_uid=series[0] if len(series) == 1 else None,
         instance_uids=tuple(sop_by_path[p] for p in paths_in_order),
         source=source,
-        notes=tuple(notes),
+        notes=tuple(dict.fromkeys([*notes, *pixel_notes])),
+        photometric=photometric,
+        spacing_known=spacing_known,
     )
 
 
-def read_dicom(path, *, spacing_rtol: float = 0.01) -> Volume:
-    """Reads one DICOM image file, single- or multi-frame, as a `Volume`.
+def read_dicom(path, *, voi: bool = False, spacing_rtol: float = 0.01) -> Volume:
+    """Reads one DICOM image file, single- or multi-frame, greyscale or colour, as a `Volume`.
 
     A single-frame image gives ``z == 1`` (the z column of the affine is the
     slice normal times SpacingBetweenSlices, else SliceThickness, else 1 mm).
@@ -709,10 +730,13 @@ def read_dicom(path, *, spacing_rtol: float = 0.01) -> Volume:
 
     Args:
         path: the file.
+        voi: apply the file's VOI LUT or first window to the modality values
+            (greyscale only; see `jaxmed.io.volume`).
         spacing_rtol: allowed relative deviation of a frame gap from the median.
 
     Returns:
-        The volume, float32 modality values (convention: `jaxmed.io.volume`).
+        The volume, float32 ``(z, y, x)`` modality values or ``(z, y, x, 3)``
+        RGB (convention: `jaxmed.io.volume`).
 
     Raises:
         ImageReadError: names the file and the problem.
@@ -720,4 +744,4 @@ def read_dicom(path, *, spacing_rtol: float = 0.01) -> Volume:
     path = os.fspath(path)
     ds = _open_dataset(path, stop_before_pixels=False)
     header = read_header(path, dataset=ds)
-    return stack_files([header], source=path, spacing_rtol=spacing_rtol)
+    return stack_files([header], source=path, spacing_rtol=spacing_rtol, voi=voi)

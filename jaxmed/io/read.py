@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from jaxmed.io.nifti import is_nifti_path, read_nifti
@@ -10,18 +11,24 @@ from jaxmed.io.volume import ImageReadError, Volume
 __all__ = ["read_image"]
 
 
-def read_image(path) -> Volume:
-    """Reads one image file as a `Volume` (axes and LPS convention: `jaxmed.io.volume`).
+def read_image(path, *, voi: bool = False) -> Volume:
+    """Reads one image file as a `Volume` (axes, LPS, values: `jaxmed.io.volume`).
 
     ``.nii``/``.nii.gz`` files are read as NIfTI (`read_nifti`); anything else
     as DICOM (`jaxmed.io.dicom.read_dicom`): a single-frame image becomes a
-    volume with ``z == 1``, a multi-frame image one slice per frame.
+    volume with ``z == 1``, a multi-frame image one slice per frame; colour
+    images are ``(z, y, x, 3)`` RGB.
 
     Args:
         path: the file.
+        voi: DICOM only: apply the file's VOI LUT or first window to the
+            modality values (greyscale; MONOCHROME1 still inverted after it).
+            NIfTI files have none: their values are returned unchanged, with
+            a note.
 
     Returns:
-        The volume, float32 modality values (rescale applied).
+        The volume: float32 modality values (rescale applied, higher is
+        brighter), or VOI output with `voi`; RGB for colour images.
 
     Raises:
         ImageReadError: the file is missing, not an image, or unreadable; the
@@ -36,7 +43,11 @@ def read_image(path) -> Volume:
         # FIFOs and devices would block a read instead of failing.
         raise ImageReadError(path, "not a regular file")
     if is_nifti_path(path):
-        return read_nifti(path)
+        volume = read_nifti(path)
+        if voi:
+            note = "voi=True ignored: NIfTI files hold no VOI LUT or window"
+            volume = dataclasses.replace(volume, notes=(*volume.notes, note))
+        return volume
     from jaxmed.io.dicom import read_dicom
 
-    return read_dicom(path)
+    return read_dicom(path, voi=voi)

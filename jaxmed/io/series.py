@@ -150,11 +150,13 @@ def _skipped_note(problems, folder: str) -> list[str]:
     return [f"skipped {len(problems)} file(s) that are not readable DICOM images: {listed}{more}"]
 
 
-def stack_series(series: SeriesFiles, *, folder: str, spacing_rtol: float = 0.01, notes=()) -> Volume:
+def stack_series(
+    series: SeriesFiles, *, folder: str, spacing_rtol: float = 0.01, notes=(), voi: bool = False
+) -> Volume:
     """Stacks a scanned series (see `stack_files`); errors name `folder` and the series."""
     try:
         return stack_files(
-            series.headers, source=folder, label_root=folder, spacing_rtol=spacing_rtol, notes=notes
+            series.headers, source=folder, label_root=folder, spacing_rtol=spacing_rtol, notes=notes, voi=voi
         )
     except ImageReadError as err:
         raise ImageReadError(
@@ -162,7 +164,9 @@ def stack_series(series: SeriesFiles, *, folder: str, spacing_rtol: float = 0.01
         ) from None
 
 
-def read_series(folder, *, series_uid: str | None = None, spacing_rtol: float = 0.01) -> Volume:
+def read_series(
+    folder, *, series_uid: str | None = None, spacing_rtol: float = 0.01, voi: bool = False
+) -> Volume:
     """Reads the DICOM series in a folder as one `Volume`.
 
     Files are found recursively and grouped by SeriesInstanceUID; files that
@@ -174,17 +178,21 @@ def read_series(folder, *, series_uid: str | None = None, spacing_rtol: float = 
     is used only when positions are missing. The slice spacing is computed
     from the positions, not from SliceThickness. Uneven spacing is an error
     (the message lists the gaps and their positions), as are duplicate
-    positions and slices of different size, orientation or pixel spacing.
-    Axis order and LPS convention: `jaxmed.io.volume`.
+    positions and slices of different size, orientation, pixel spacing or
+    photometric interpretation (greyscale with colour, MONOCHROME1 with
+    MONOCHROME2). Colour series stack to ``(z, y, x, 3)``. Axis order, LPS
+    and intensity convention: `jaxmed.io.volume`.
 
     Args:
         folder: the folder.
         series_uid: which series to read when the folder holds several (see
             `list_series`); None reads the only one.
         spacing_rtol: allowed relative deviation of a gap from the median gap.
+        voi: apply each file's VOI LUT or first window (greyscale only).
 
     Returns:
-        The volume, float32 modality values (rescale applied per file/frame).
+        The volume, float32 modality values (rescale applied per file/frame),
+        or VOI output with `voi`; RGB for colour series.
 
     Raises:
         ImageReadError: the message names the folder (and file) and the
@@ -220,5 +228,5 @@ def read_series(folder, *, series_uid: str | None = None, spacing_rtol: float = 
     else:
         series = scan.series[0]
     return stack_series(
-        series, folder=folder, spacing_rtol=spacing_rtol, notes=_skipped_note(scan.problems, folder)
+        series, folder=folder, spacing_rtol=spacing_rtol, notes=_skipped_note(scan.problems, folder), voi=voi
     )

@@ -151,7 +151,7 @@ def _brain_mri(image_shape, *, test: bool) -> ImageSplits:
 
 
 def _files(source, image_shape, *, seed, num_val) -> ImageSplits:
-    from jaxmed.io import load_volumes
+    from jaxmed.io import load_volumes, to_greyscale
 
     h, w, c = image_shape
     if c != 1:
@@ -161,8 +161,12 @@ def _files(source, image_shape, *, seed, num_val) -> ImageSplits:
     prep = Preprocessing(image_size=(h, w))
     volumes, problems = load_volumes([source])
     problems = [f"{p.path}: {p.problem}" for p in problems]
-    stacks, slice_indices = [], []
+    stacks, slice_indices, notes = [], [], []
     for volume in volumes:
+        if volume.is_colour:
+            # The model takes one channel: say so, then train on the luma.
+            notes.append(f"{volume.source}: a colour image ({volume.photometric}), read as greyscale (BT.601 luma)")
+            volume = to_greyscale(volume)
         try:
             images, indices = preprocess_volume(volume, prep)
         except ValueError as e:  # e.g. NaN voxels; the message names the file
@@ -183,6 +187,8 @@ def _files(source, image_shape, *, seed, num_val) -> ImageSplits:
                    "num_train": int(len(train)), "num_val": int(len(val)), "split": split,
                    "normalisation": "per-volume clip to 0.5-99.5 percentiles, min-max to [0, 1]",
                    "slicing": "axis 0 (z), slices with >= 5% of pixels above 0.05"}
+    if notes:
+        description["notes"] = notes
     return ImageSplits({"image": images[train]}, {"image": images[val]}, {}, description, problems, prep)
 
 

@@ -65,28 +65,38 @@ class ScoreTable(NamedTuple):
       problems: ``{"path", "problem"}`` for each input that could not be
         scored, in the order met.
       num_scored: number of volumes scored.
+      notes: ``{"path", "note"}`` for each input scored after a conversion
+        (a colour image read as greyscale).
     """
 
     rows: list[dict[str, Any]]
     problems: list[dict[str, str]]
     num_scored: int
+    notes: list[dict[str, str]]
 
 
-def _read_items(paths: Iterable, prep: Preprocessing, *, progress: bool) -> tuple[list[_Item], list[dict]]:
+def _read_items(paths: Iterable, prep: Preprocessing, *, progress: bool
+                ) -> tuple[list[_Item], list[dict], list[dict]]:
     from tqdm.auto import tqdm
 
-    from jaxmed.io import ReadProblem, iter_volumes
+    from jaxmed.io import ReadProblem, iter_volumes, to_greyscale
 
-    items, problems = [], []
+    items, problems, notes = [], [], []
     bar = tqdm(desc="reading", unit="volume", disable=not progress, leave=False)
     for found in iter_volumes(paths):
         bar.update(1)
         if isinstance(found, ReadProblem):
             problems.append(found.as_dict())
             continue
-        source = found.volume.source
+        volume = found.volume
+        source = volume.source
+        if volume.is_colour:
+            # The VAE takes one channel: say so, then score the luma.
+            volume = to_greyscale(volume)
+            notes.append({"path": source, "note": f"a colour image ({volume.photometric}); scored as greyscale "
+                                                  "(BT.601 luma, jaxmed.io.to_greyscale)"})
         try:
-            images, indices = preprocess_volume(found.volume, prep)
+            images, indices = preprocess_volume(volume, prep)
         except ValueError as e:
             problems.append({"path": source, "problem": str(e).removeprefix(f"{source}: ")})
             continue
@@ -97,7 +107,7 @@ def _read_items(paths: Iterable, prep: Preprocessing, *, progress: bool) -> tupl
             continue
         items.append(_Item(source, found.kind, found.series_number, images, indices))
     bar.close()
-    return items, problems
+    return items, problems, notes
 
 
 def _float_or_none(x) -> float | None:
@@ -135,7 +145,7 @@ def score_paths(
       rate ``fpr`` flags a normal volume of ``n`` slices with probability up
       to ``n * fpr``.
     """
-    items, problems = _read_items(paths, scorer.preprocessing, progress=progress)
+    items, problems, notes = _read_items(paths, scorer.preprocessing, progress=progress)
     # All slices in one stream of fixed-size batches: one compilation, full batches.
     images = np.concatenate([it.images for it in items]) if items else np.zeros((0,))
     indices = np.concatenate([it.indices for it in items]) if items else np.zeros((0,), np.int64)
@@ -162,7 +172,7 @@ def score_paths(
     for problem in problems:
         rows.append({**{k: None for k in ROW_FIELDS}, "file": problem["path"], "level": "error",
                      "problem": problem["problem"]})
-    return ScoreTable(rows, problems, len(items))
+    return ScoreTable(rows, problems, len(items), notes)
 
 
 def _row(*, file, input, series, level, slice, num_slices, worst_slice, score, threshold, p_value,
@@ -221,7 +231,7 @@ def write_table(
     meta: Mapping[str, Any] | None = None,
     force: bool = False,
 ) -> tuple[Path, Path]:
-    """Writes the rows as CSV (one row each) and JSON (``{"meta", "rows", "problems"}``).
+    """Writes the rows as CSV (one row each) and JSON (``{"meta", "rows", "problems", "notes"}``).
 
     Raises:
       FileExistsError: an output exists and ``force`` is False (nothing is
@@ -238,6 +248,6 @@ def write_table(
         writer.writeheader()
         for row in table.rows:
             writer.writerow({k: "" if row.get(k) is None else row[k] for k in ROW_FIELDS})
-    json_path.write_text(json.dumps({"meta": dict(meta or {}), "rows": table.rows, "problems": table.problems},
-                                    indent=2) + "\n")
+    json_path.write_text(json.dumps({"meta": dict(meta or {}), "rows": table.rows, "problems": table.problems,
+                                     "notes": table.notes}, indent=2) + "\n")
     return csv_path, json_path
