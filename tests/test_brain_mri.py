@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from jaxmed.data import brain_mri
-from jaxmed.data.augmentation import augment_image as augment
 from jaxmed.data.brain_mri import load_brain_mri, split_slices, template_path
 from jaxmed.io import ImageReadError
 
@@ -139,23 +138,6 @@ def test_split_slices_guard_holds_for_gappy_indices(rng):
         for a, b in itertools.combinations(got.values(), 2):
             if len(a) and len(b):
                 assert np.abs(index[a][:, None] - index[b][None, :]).min() > guard
-
-
-def test_augment_is_a_flip_shift_and_scale(rng):
-    image = rng.uniform(size=(16, 16, 1)).astype(np.float32)
-    key = jax.random.key(1)
-    flipped = augment(key, image, max_shift=0, flip_probability=1.0, intensity_range=(1.0, 1.0))
-    np.testing.assert_array_equal(np.asarray(flipped), image[:, ::-1])
-    keys = jax.random.split(key, 8)
-    out = np.asarray(jax.jit(jax.vmap(lambda k, x: augment(k, x, flip_probability=0.0, intensity_range=(1.0, 1.0))))(
-        keys, np.broadcast_to(image, (8, 16, 16, 1))))
-    for o in out:
-        # Some shift in [-3, 3]^2 with zero fill reproduces the output exactly.
-        padded = np.pad(image, ((3, 3), (3, 3), (0, 0)))
-        matches = [np.array_equal(o, padded[3 - dy : 19 - dy, 3 - dx : 19 - dx]) for dy in range(-3, 4) for dx in range(-3, 4)]
-        assert sum(matches) == 1
-    scaled = np.asarray(augment(key, image, max_shift=0, flip_probability=0.0, intensity_range=(0.5, 0.5)))
-    np.testing.assert_allclose(scaled, image * 0.5, rtol=1e-6)
 
 
 def test_volume_is_read_once_and_protected():

@@ -350,3 +350,29 @@ def test_resume_refuses_data_whose_split_changed(tmp_path, capsys):
     assert main([*argv[:-2], "--steps", "4", "--out", str(tmp_path / "run"), "--resume"]) == 2
     err = capsys.readouterr().err
     assert "cannot resume" in err and "num_train" in err and "num_volumes" in err
+
+
+def test_a_run_of_jaxmed_0_1_0_resumes_with_its_training_options(tmp_path):
+    """config.json of jaxmed 0.1.0 kept the model's options (beta, masked_regions, ...) in "run"."""
+    from jaxmed.train import load_config
+    from jaxmed.train.checkpoint import load_model
+
+    argv = ["train", "--preset", "tiny", "--batch-size", "8", "--num-train", "16", "--num-val", "8",
+            "--eval-every", "0", "--checkpoint-every", "2", "--devices", "1", "--no-progress", "--beta", "0.5"]
+    assert main([*argv, "--steps", "4", "--out", str(tmp_path / "straight")]) == 0
+    assert main([*argv, "--steps", "2", "--out", str(tmp_path / "old")]) == 0
+    config = load_config(tmp_path / "old")
+    assert config["model"]["loss"] == {"beta": 0.5}
+    # Rewrite it as jaxmed 0.1.0 wrote it.
+    run = {k: v for k, v in config["run"].items() if k not in ("model_options", "augment")}
+    run.update(beta=0.5, masked_regions=False, region_cell=8, pos_weight=5.0)
+    old = {"jaxmed_version": "0.1.0", "run": run, "data": config["data"],
+           "model": {k: v for k, v in config["model"].items() if k != "loss"}}
+    (tmp_path / "old" / "config.json").write_text(json.dumps(old))
+    load_model(tmp_path / "old")  # loads as it is
+    assert main([*argv[:-2], "--steps", "4", "--out", str(tmp_path / "old"), "--resume"]) == 0
+    assert load_config(tmp_path / "old")["model"]["loss"] == {"beta": 0.5}
+    # Resumed from the old record, the run is the one trained straight through, bit for bit.
+    a, b = (load_model(tmp_path / name)[1] for name in ("straight", "old"))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
