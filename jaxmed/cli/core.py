@@ -46,12 +46,11 @@ def _run_info(args) -> int:
 
 def _add_train(subparsers) -> None:
     from jaxmed.train.config import OPTIMIZER_NAMES, SCHEDULE_NAMES
-
     from jaxmed.train.registry import MODELS
 
     p = subparsers.add_parser(
         "train",
-        help="train any registered model (vae, autoencoder, unet), data-parallel, with checkpoints",
+        help=f"train any registered model ({', '.join(MODELS)}), data-parallel, with checkpoints",
         description=(
             "Train a model on phantoms, the brain-MRI template or DICOM/NIfTI files, "
             "data-parallel over the local devices (and over processes with "

@@ -11,7 +11,7 @@ problem; batch readers (`load_volumes`, `describe_paths`) collect
 """
 
 from jaxmed.io.describe import describe_paths, format_description, iter_volumes, load_volumes
-from jaxmed.io.dicom import read_dicom
+from jaxmed.io.dicom_volume import read_dicom
 from jaxmed.io.geometry import axis_codes
 from jaxmed.io.nifti import read_nifti
 from jaxmed.io.read import read_image

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxmed.io.dicom import stack_files
+from jaxmed.io.dicom_volume import stack_files
 from jaxmed.io.geometry import axis_codes
 from jaxmed.io.nifti import is_nifti_path
 from jaxmed.io.read import read_image

@@ -15,7 +15,7 @@ def read_image(path, *, voi: bool = False) -> Volume:
     """Reads one image file as a `Volume` (axes, LPS, values: `jaxmed.io.volume`).
 
     ``.nii``/``.nii.gz`` files are read as NIfTI (`read_nifti`); anything else
-    as DICOM (`jaxmed.io.dicom.read_dicom`): a single-frame image becomes a
+    as DICOM (`jaxmed.io.dicom_volume.read_dicom`): a single-frame image becomes a
     volume with ``z == 1``, a multi-frame image one slice per frame; colour
     images are ``(z, y, x, 3)`` RGB.
 
@@ -48,6 +48,6 @@ def read_image(path, *, voi: bool = False) -> Volume:
             note = "voi=True ignored: NIfTI files hold no VOI LUT or window"
             volume = dataclasses.replace(volume, notes=(*volume.notes, note))
         return volume
-    from jaxmed.io.dicom import read_dicom
+    from jaxmed.io.dicom_volume import read_dicom
 
     return read_dicom(path, voi=voi)

@@ -6,7 +6,8 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from jaxmed.io.dicom import DicomHeader, read_header, stack_files
+from jaxmed.io.dicom import DicomHeader, read_header
+from jaxmed.io.dicom_volume import stack_files
 from jaxmed.io.nifti import is_nifti_path
 from jaxmed.io.volume import ImageReadError, ReadProblem, Volume
 
