@@ -191,17 +191,21 @@ def test_shapes_one_image_and_batches_agree(name, key, rng):
 
 
 @pytest.mark.parametrize(
-    "likelihood", ["gaussian_unit", "gaussian_learned_pixel", "gaussian_learned_global", "bernoulli"]
+    "likelihood", ["gaussian_unit", "gaussian_learned_pixel", "gaussian_learned_global", "student_t_learned_pixel",
+                   "student_t_learned_global", "bernoulli"]
 )
 def test_log_likelihood_matches_formula(likelihood, key, rng):
-    cfg = VAEConfig(image_shape=(8, 8, 2), latent_dim=3, channels=(4, 8), likelihood=likelihood)
+    import scipy.stats
+
+    cfg = VAEConfig(image_shape=(8, 8, 2), latent_dim=3, channels=(4, 8), likelihood=likelihood, student_df=2.5)
     model = VAE(cfg)
     x = rng.uniform(size=(2, 8, 8, 2))
     if likelihood == "bernoulli":
         x = (x > 0.5).astype(np.float64)
     x = jnp.asarray(x, jnp.float32)
     params = numpy_params(model, rng, x, key)
-    if likelihood.startswith("gaussian_learned"):
+    learned = likelihood.startswith(("gaussian_learned", "student_t"))
+    if learned:
         # A non-trivial learned scale, so that the test sees it.
         shape = params["params"]["log_scale"].shape
         params["params"]["log_scale"] = jnp.asarray(rng.normal(size=shape) * 0.3, jnp.float32)
@@ -211,7 +215,7 @@ def test_log_likelihood_matches_formula(likelihood, key, rng):
     )(params, x, z)
     dec = jax.tree.map(lambda a: np.asarray(a, np.float64), dec)
     xn = np.asarray(x, np.float64)
-    if likelihood.startswith("gaussian_learned"):
+    if learned:
         # min_scale = 0: the parameter is log sigma itself.
         np.testing.assert_array_equal(
             dec["log_scale"], np.broadcast_to(params["params"]["log_scale"], dec["mean"].shape)
@@ -220,6 +224,10 @@ def test_log_likelihood_matches_formula(likelihood, key, rng):
         p = 1 / (1 + np.exp(-dec["logits"]))
         np.testing.assert_allclose(dec["mean"], p, rtol=1e-5)
         expected = (xn * np.log(p) + (1 - xn) * np.log1p(-p)).sum(axis=(1, 2, 3))
+    elif likelihood.startswith("student_t"):
+        sigma = np.exp(dec["log_scale"])
+        assert (np.unique(sigma).size == 1) == likelihood.endswith("global")
+        expected = scipy.stats.t(2.5, dec["mean"], sigma).logpdf(xn).sum(axis=(1, 2, 3))
     else:
         sigma = np.exp(dec["log_scale"]) if "log_scale" in dec else np.ones_like(xn)
         if likelihood == "gaussian_learned_global":
@@ -289,7 +297,8 @@ def test_latent_model_under_jit_and_vmap(key, rng):
     _, log_lik2, _ = evaluate(vae_latent_model(model, params2), xs, z)
     assert evaluate._cache_size() == 1
     assert not np.allclose(log_lik2, log_lik)
-    assert set(LIKELIHOODS) == {"gaussian_unit", "gaussian_learned_pixel", "gaussian_learned_global", "bernoulli"}
+    assert set(LIKELIHOODS) == {"gaussian_unit", "gaussian_learned_pixel", "gaussian_learned_global",
+                                "student_t_learned_pixel", "student_t_learned_global", "bernoulli"}
 
 
 def test_bad_shapes_and_configs_raise(key):

@@ -3,7 +3,8 @@
 ``negative_elbo`` is written for ONE example and is unreduced; the loss
 functions the training engine calls vmap it over a batch and average. The
 reconstruction term uses the same log-density functions
-(:data:`jaxmed.models.observation.LIKELIHOODS`) as the log p(x) estimators.
+(:data:`jaxmed.models.observation.LIKELIHOODS`, through
+:meth:`jaxmed.models.VAEConfig.log_prob_fn`) as the log p(x) estimators.
 
 References:
   D. P. Kingma and M. Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
@@ -22,7 +23,6 @@ import jax.numpy as jnp
 
 from jaxmed.models.autoencoder import Autoencoder
 from jaxmed.likelihood import kl_to_standard_normal
-from jaxmed.models.observation import LIKELIHOODS
 from jaxmed.models.vae import VAE
 
 Array = jax.Array
@@ -49,7 +49,7 @@ def negative_elbo(
       ``"nll"`` (-log p(x | z)) and ``"kl"``.
     """
     out = model.apply(params, x, key)
-    nll = -LIKELIHOODS[model.config.likelihood](x, out["decoded"])
+    nll = -model.config.log_prob_fn()(x, out["decoded"])
     kl = kl_to_standard_normal(out["mean"], jnp.exp(out["log_scale"]))
     return nll + beta * kl, {"nll": nll, "kl": kl}
 

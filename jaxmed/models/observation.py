@@ -56,6 +56,28 @@ def gaussian_log_prob(x: Array, out: DecoderOutput) -> Array:
     return dist.Normal(mean, scale).log_prob(x).sum()
 
 
+def student_t_log_prob(x: Array, out: DecoderOutput, *, df: float) -> Array:
+    """log StudentT(x; df, mean, exp(log_scale)), summed over pixels.
+
+    Heavier-tailed than the Gaussian: an error of ``k`` scales costs about
+    ``(df + 1) log k`` nats instead of ``k^2 / 2``, so a structure the model
+    did not see (another subject's anatomy) costs nats in proportion to its
+    area, not to its squared contrast over a tiny noise scale.
+
+    Args:
+      x: one image, any shape.
+      out: ``{"mean": ..., "log_scale": ...}``; ``log_scale`` (natural log of
+        the scale) has the shape of ``x`` or is a scalar.
+      df: degrees of freedom (> 0; the Gaussian is the limit df -> inf).
+
+    Returns:
+      Scalar log-density in nats.
+    """
+    x, mean, log_scale = (at_least_f32(a) for a in (x, out["mean"], out["log_scale"]))
+    scale = jnp.broadcast_to(jnp.exp(log_scale), mean.shape)
+    return dist.StudentT(df, mean, scale).log_prob(x).sum()
+
+
 def bernoulli_log_prob(x: Array, out: DecoderOutput) -> Array:
     """log Bernoulli(x; sigmoid(logits)), summed over pixels.
 
@@ -73,9 +95,12 @@ def bernoulli_log_prob(x: Array, out: DecoderOutput) -> Array:
     return dist.Bernoulli(logits=logits).log_prob(x).sum()
 
 
-LIKELIHOODS: dict[str, Callable[[Array, DecoderOutput], Array]] = {
+# Name -> log-density; those taking ``df`` get it from VAEConfig.student_df.
+LIKELIHOODS: dict[str, Callable[..., Array]] = {
     "gaussian_unit": gaussian_unit_log_prob,
     "gaussian_learned_pixel": gaussian_log_prob,
     "gaussian_learned_global": gaussian_log_prob,
+    "student_t_learned_pixel": student_t_log_prob,
+    "student_t_learned_global": student_t_log_prob,
     "bernoulli": bernoulli_log_prob,
 }

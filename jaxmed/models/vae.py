@@ -23,7 +23,9 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +40,10 @@ from jaxmed.models.observation import LIKELIHOODS
 Array = jax.Array
 
 # Likelihoods with a learned noise scale (the parameter "log_scale").
-LEARNED_SCALE_LIKELIHOODS = ("gaussian_learned_pixel", "gaussian_learned_global")
+LEARNED_SCALE_LIKELIHOODS = ("gaussian_learned_pixel", "gaussian_learned_global", "student_t_learned_pixel",
+                             "student_t_learned_global")
+# Likelihoods with one learned scale per pixel (the others have one in all).
+_PIXEL_SCALE_LIKELIHOODS = ("gaussian_learned_pixel", "student_t_learned_pixel")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,8 +62,12 @@ class VAEConfig(TrunkConfig):
       likelihood: key of :data:`~jaxmed.models.observation.LIKELIHOODS`:
         ``"gaussian_unit"`` (identity covariance), ``"gaussian_learned_pixel"``
         (one learned scale per pixel), ``"gaussian_learned_global"`` (one
-        learned scale) or ``"bernoulli"``.
-      min_scale: floor of a learned Gaussian's standard deviation, in image
+        learned scale), their Student-t twins ``"student_t_learned_pixel"``
+        and ``"student_t_learned_global"`` (heavier tails, ``student_df``
+        degrees of freedom) or ``"bernoulli"``.
+      student_df: degrees of freedom of the Student-t likelihoods (ignored by
+        the others).
+      min_scale: floor of a learned Gaussian's (or Student-t's) scale, in image
         intensity units (ignored by the other likelihoods). The scale is
         ``sigma = min_scale + exp(log_scale)``, ``log_scale`` the parameter:
         a smooth floor (unlike a clamp, its gradient does not drop to zero at
@@ -71,6 +80,7 @@ class VAEConfig(TrunkConfig):
     latent_dim: int = 32
     likelihood: str = "gaussian_unit"
     min_scale: float = 0.0
+    student_df: float = 3.0
 
     def __post_init__(self):
         super().__post_init__()
@@ -80,6 +90,15 @@ class VAEConfig(TrunkConfig):
             raise ValueError(f"unknown likelihood {self.likelihood!r}; expected one of {tuple(LIKELIHOODS)}")
         if not (math.isfinite(self.min_scale) and self.min_scale >= 0):
             raise ValueError(f"min_scale must be finite and >= 0, got {self.min_scale}")
+        if not (math.isfinite(self.student_df) and self.student_df > 0):
+            raise ValueError(f"student_df must be finite and > 0, got {self.student_df}")
+
+    def log_prob_fn(self) -> Callable[[Array, Mapping[str, Array]], Array]:
+        """``log p(x | z)`` of ONE image given the decoder's output: the likelihood, with its options bound."""
+        fn = LIKELIHOODS[self.likelihood]
+        if self.likelihood.startswith("student_t"):
+            return functools.partial(fn, df=self.student_df)
+        return fn
 
 
 PRESETS: dict[str, VAEConfig] = {
@@ -112,9 +131,9 @@ class VAE(nn.Module):
         cfg = self.config
         self.encoder = cfg.make_encoder(2 * cfg.latent_dim)
         self.decoder = cfg.make_decoder()
-        if cfg.likelihood == "gaussian_learned_pixel":
+        if cfg.likelihood in _PIXEL_SCALE_LIKELIHOODS:
             self.log_scale = self.param("log_scale", nn.initializers.zeros_init(), cfg.image_shape)
-        elif cfg.likelihood == "gaussian_learned_global":
+        elif cfg.likelihood in LEARNED_SCALE_LIKELIHOODS:
             self.log_scale = self.param("log_scale", nn.initializers.zeros_init(), ())
 
     def encode(self, x: Array) -> tuple[Array, Array]:
@@ -159,8 +178,8 @@ class VAE(nn.Module):
         """log sigma of a learned-Gaussian p(x | z), ``log(min_scale + exp(log_scale))``.
 
         Returns:
-          ``image_shape`` (``"gaussian_learned_pixel"``) or ``()``
-          (``"gaussian_learned_global"``), float32, in log intensity units.
+          ``image_shape`` (one scale per pixel) or ``()`` (one in all),
+          float32, in log intensity units.
           Use ``model.apply(params, method=VAE.noise_log_scale)``.
         """
         cfg = self.config
@@ -187,7 +206,7 @@ class VAE(nn.Module):
         if zbatch != batch:
             raise ValueError(f"x has batch shape {batch} but z has {zbatch}")
         out = self.decode(z.reshape(-1, cfg.latent_dim))
-        log_p = jax.vmap(LIKELIHOODS[cfg.likelihood])(xs, out)
+        log_p = jax.vmap(cfg.log_prob_fn())(xs, out)
         return log_p.reshape(batch)
 
     def __call__(self, x: Array, key: Array) -> dict[str, Any]:

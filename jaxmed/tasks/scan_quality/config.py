@@ -128,7 +128,8 @@ class DemoConfig:
         if len(shape) != 3 or shape[0] != shape[1] or shape[2] != 1:
             raise ValueError(f"the demo needs a square single-channel 2D preset; {self.preset!r} takes {shape}")
         if self.likelihood not in LIKELIHOODS or self.likelihood == "bernoulli":
-            raise ValueError(f"likelihood must be a Gaussian of {sorted(LIKELIHOODS)}, got {self.likelihood!r}")
+            raise ValueError(f"likelihood must be a Gaussian or Student-t of {sorted(LIKELIHOODS)}, "
+                             f"got {self.likelihood!r}")
         unknown = [a for a in self.artefacts if a not in ARTEFACTS]
         if unknown or not self.artefacts:
             raise ValueError(f"unknown artefacts {unknown}; known: {sorted(ARTEFACTS)}")
