@@ -40,6 +40,23 @@ def test_batch_rows_have_keys_of_their_own_position(rng):
     assert not np.array_equal(whole, images)
 
 
+def test_mutation_replaces_the_given_fraction_by_uniform_noise(rng):
+    image = np.full((64, 64, 1), 0.5, np.float32)
+    keys = jax.random.split(jax.random.key(0), 16)
+    out = np.asarray(jax.vmap(lambda k: augment_image(k, image, max_shift=0, flip_probability=0.0,
+                                                      intensity_range=(1.0, 1.0), mutation_rate=0.2))(keys))
+    changed = out != 0.5
+    # Binomial(16 * 4096, 0.2): 13107 +- 102; the new values are uniform on [0, 1].
+    assert abs(changed.sum() - 0.2 * changed.size) < 5 * np.sqrt(changed.size * 0.2 * 0.8)
+    assert abs(out[changed].mean() - 0.5) < 0.01 and abs(out[changed].var() - 1 / 12) < 0.005
+    # Without mutation the same key gives the same image as before mutation existed.
+    key = jax.random.key(1)
+    plain = augment_image(key, image, max_shift=1, mutation_rate=0.0)
+    mutated = np.asarray(augment_image(key, image, max_shift=1, mutation_rate=0.2))
+    keep = mutated == np.asarray(plain)
+    assert 0.7 < keep.mean() < 0.9
+
+
 def test_the_default_config_changes_nothing(rng):
     images = rng.uniform(size=(4, 8, 8, 1)).astype(np.float32)
     assert AugmentConfig().is_identity
@@ -52,6 +69,7 @@ def test_the_default_config_changes_nothing(rng):
     ({"flip_probability": 1.5}, "flip_probability"),
     ({"intensity_range": (1.2, 0.8)}, "intensity_range"),
     ({"intensity_range": (0.0, 1.0)}, "intensity_range"),
+    ({"mutation_rate": -0.1}, "mutation_rate"),
 ])
 def test_bad_configs_are_refused(fields, message):
     with pytest.raises(ValueError, match=message):
@@ -69,9 +87,9 @@ def test_jaxmed_train_augments_per_step_and_records_it(tmp_path):
     assert main([*argv, "--augment-shift", "1", "--augment-flip", "0.5", "--augment-intensity", "0.9,1.1",
                  "--out", str(tmp_path / "augmented")]) == 0
     assert load_config(tmp_path / "augmented")["run"]["augment"] == {
-        "max_shift": 1, "flip_probability": 0.5, "intensity_range": [0.9, 1.1]}
+        "max_shift": 1, "flip_probability": 0.5, "intensity_range": [0.9, 1.1], "mutation_rate": 0.0}
     assert load_config(tmp_path / "plain")["run"]["augment"] == {
-        "max_shift": 0, "flip_probability": 0.0, "intensity_range": [1.0, 1.0]}
+        "max_shift": 0, "flip_probability": 0.0, "intensity_range": [1.0, 1.0], "mutation_rate": 0.0}
     plain, augmented = (jax.tree.leaves(load_model(tmp_path / name)[1]) for name in ("plain", "augmented"))
     # Same initialisation and data order; only the augmented batches differ.
     assert any(not np.array_equal(a, b) for a, b in zip(plain, augmented, strict=True))

@@ -101,6 +101,9 @@ def _add_train(subparsers) -> None:
                    help="augmentation: left-right flip with probability P (default 0)")
     g.add_argument("--augment-intensity", type=_range, metavar="LOW,HIGH",
                    help="augmentation: intensity factor uniform in [LOW, HIGH] (default 1,1: none)")
+    g.add_argument("--augment-mutation", type=float, metavar="RATE",
+                   help="augmentation: replace this fraction of pixels by uniform noise, to train a background "
+                        "model for likelihood-ratio scores (Ren et al. 2019; default 0: none)")
     g.add_argument("--mixed-precision", action="store_true", default=None,
                    help="compute in bfloat16, keep float32 parameters (for accelerators: on CPU, even with "
                         "AVX512-BF16, it measured slower than float32; benchmarks/RESULTS.md)")
@@ -202,7 +205,7 @@ def _run_train(args) -> int:
             num_val=args.num_val, model_options=tuple(args.model_option) if args.model_option else None,
             loss=_loss_fields(args),
             augment={"max_shift": args.augment_shift, "flip_probability": args.augment_flip,
-                     "intensity_range": args.augment_intensity},
+                     "intensity_range": args.augment_intensity, "mutation_rate": args.augment_mutation},
             optim={"optimizer": args.optimizer, "learning_rate": args.lr, "schedule": args.schedule,
                    "warmup_steps": args.warmup_steps, "weight_decay": args.weight_decay,
                    "grad_clip_norm": args.grad_clip or None,

@@ -30,11 +30,22 @@ class AugmentConfig:
         or images that are not left-right symmetric).
       intensity_range: ``(low, high)`` of the uniform intensity factor;
         ``(1, 1)`` = none. Results are clipped to ``[0, 1]``.
+      mutation_rate: fraction of pixels replaced by uniform noise in
+        ``[0, 1]``, each independently, after the other transforms: the
+        input perturbation that trains a *background* model (Ren et al.,
+        NeurIPS 2019), one that learns the images' low-level statistics but
+        not their semantics. 0 = none.
+
+    References:
+      J. Ren, P. J. Liu, E. Fertig, J. Snoek, R. Poplin, M. A. DePristo,
+      J. V. Dillon, B. Lakshminarayanan, "Likelihood Ratios for
+      Out-of-Distribution Detection", NeurIPS 2019.
     """
 
     max_shift: int = 0
     flip_probability: float = 0.0
     intensity_range: tuple[float, float] = (1.0, 1.0)
+    mutation_rate: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "intensity_range", tuple(float(v) for v in self.intensity_range))
@@ -45,11 +56,14 @@ class AugmentConfig:
         if len(self.intensity_range) != 2 or not 0.0 < self.intensity_range[0] <= self.intensity_range[1]:
             raise ValueError(f"AugmentConfig.intensity_range must be (low, high) with 0 < low <= high, "
                              f"got {self.intensity_range}")
+        if not 0.0 <= self.mutation_rate <= 1.0:
+            raise ValueError(f"AugmentConfig.mutation_rate must be in [0, 1], got {self.mutation_rate}")
 
     @property
     def is_identity(self) -> bool:
         """True when no transform is applied."""
-        return self.max_shift == 0 and self.flip_probability == 0.0 and self.intensity_range == (1.0, 1.0)
+        return (self.max_shift == 0 and self.flip_probability == 0.0 and self.intensity_range == (1.0, 1.0)
+                and self.mutation_rate == 0.0)
 
 
 def augment_image(
@@ -59,8 +73,9 @@ def augment_image(
     max_shift: int = 3,
     flip_probability: float = 0.5,
     intensity_range: tuple[float, float] = (0.9, 1.1),
+    mutation_rate: float = 0.0,
 ) -> jax.Array:
-    """Random left-right flip, whole-pixel shift and intensity scale of one image.
+    """Random left-right flip, whole-pixel shift, intensity scale and pixel mutation of one image.
 
     Pure; batch with ``jax.vmap(augment_image)(keys, images)``. The flip
     mirrors the width axis.
@@ -71,6 +86,8 @@ def augment_image(
         max_shift: largest shift along each axis, pixels (zero fill).
         flip_probability: probability of the left-right flip.
         intensity_range: ``(low, high)`` of the uniform intensity factor.
+        mutation_rate: fraction of pixels replaced by uniform values in
+          ``[0, 1]`` (drawn with ``fold_in(key, 3)``).
 
     Returns:
         ``[H, W, C]`` in ``[0, 1]``.
@@ -82,7 +99,12 @@ def augment_image(
     image = jax.lax.dynamic_slice(padded, (max_shift - shift[0], max_shift - shift[1], 0), image.shape)
     low, high = intensity_range
     factor = jax.random.uniform(k_scale, minval=low, maxval=high)
-    return jnp.clip(image * factor, 0.0, 1.0)
+    image = jnp.clip(image * factor, 0.0, 1.0)
+    if mutation_rate:
+        k_where, k_value = jax.random.split(jax.random.fold_in(key, 3))
+        mutated = jax.random.bernoulli(k_where, mutation_rate, image.shape)
+        image = jnp.where(mutated, jax.random.uniform(k_value, image.shape, image.dtype), image)
+    return image
 
 
 @functools.partial(jax.jit, static_argnames="config")
@@ -103,5 +125,5 @@ def augment_batch(key: jax.Array, images: jax.Array, config: AugmentConfig, offs
         return images
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(offset + jnp.arange(images.shape[0]))
     one = functools.partial(augment_image, max_shift=config.max_shift, flip_probability=config.flip_probability,
-                            intensity_range=config.intensity_range)
+                            intensity_range=config.intensity_range, mutation_rate=config.mutation_rate)
     return jax.vmap(one)(keys, images)
