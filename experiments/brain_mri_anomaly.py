@@ -73,7 +73,7 @@ def main() -> None:
     # Validation keys offset from the test slices' (as in run_demo).
     val_scores = score_test_set(trained, data.val, specs={"importance": spec},
                                 indices=10**6 + np.arange(len(data.val)))["importance"]
-    calibration = calibrate_on_validation(trained, val_scores, spec=spec, fpr=CONFIG.fpr)
+    calibration = calibrate_on_validation(trained, {"log_px": val_scores}, spec=spec, fpr=CONFIG.fpr)["log_px"]
     pca_label = f"PCA({CONFIG.pca_components})"
 
     results = {}

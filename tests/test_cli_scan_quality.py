@@ -77,8 +77,10 @@ def test_calibrate_then_score_a_folder(checkpoint, study, tmp_path, monkeypatch,
                  "--method", "importance", *FAST]) == 0
     calibration = json.loads(calibration_file.read_text())
     assert calibration["score"]["method"] == "importance" and calibration["score"]["num_samples"] == 8
-    reference = np.asarray(calibration["calibration"]["reference_scores"])
-    threshold = calibration["calibration"]["threshold"]
+    assert sorted(calibration["calibrations"]) == ["complexity", "log_px"]  # no background model
+    assert calibration["score"]["score"] == "log_px"
+    reference = np.asarray(calibration["calibrations"]["log_px"]["reference_scores"])
+    threshold = calibration["calibrations"]["log_px"]["threshold"]
     assert reference.size == 10 and calibration["num_volumes"] == 1
 
     # Refuses to overwrite the calibration without --force.
@@ -166,3 +168,43 @@ def test_score_reports_a_bad_checkpoint(tmp_path, capsys):
                  get_testdata_file("CT_small.dcm")]) == 2
     assert "config.json: not found" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x.csv")
+
+
+def test_the_complexity_score_decides_when_asked_and_a_shift_is_reported(checkpoint, study, tmp_path, capsys):
+    folder, normal = study
+    checkpoint_copy = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, checkpoint_copy)
+    (checkpoint_copy / "calibration.json").unlink(missing_ok=True)
+    assert main(["calibrate", "--checkpoint", str(checkpoint_copy), "--normal", str(normal), "--fpr", "0.2",
+                 "--score", "complexity", *FAST]) == 0
+    assert "complexity: " in capsys.readouterr().out
+    stored = json.loads((checkpoint_copy / "calibration.json").read_text())
+    assert stored["score"]["score"] == "complexity"
+    bits = stored["calibrations"]["complexity"]
+    prefix = str(tmp_path / "scores")
+    assert main(["score", "--checkpoint", str(checkpoint_copy), "--out", prefix, str(folder / "scan.nii.gz"),
+                 *FAST]) == 0
+    rows = [r for r in json.loads(open(prefix + ".json").read())["rows"] if r["level"] == "slice"]
+    for r in rows:
+        # The decision score is the complexity one, and the stored reference gives its p-value.
+        assert r["score"] == r["complexity"] and r["log_px"] is not None and r["likelihood_ratio"] is None
+        assert r["decision"] == ("normal" if r["complexity"] >= bits["threshold"] else "abnormal")
+        assert r["p_value"] == pytest.approx((1 + np.sum(np.asarray(bits["reference_scores"]) <= r["score"])) / 11)
+    # The likelihood ratio needs a background model: a clear error, nothing written.
+    assert main(["score", "--checkpoint", str(checkpoint_copy), "--score", "likelihood-ratio", "--out",
+                 str(tmp_path / "lr"), str(folder / "scan.nii.gz"), *FAST]) == 2
+    assert "needs a background model" in capsys.readouterr().err and not (tmp_path / "lr.csv").exists()
+
+    # Scans far from the calibration's normal slices (here: the calibration's threshold raised far
+    # above every score) are reported as a shift of the whole batch, with what to do.
+    stored["calibrations"]["complexity"]["reference_scores"] = [1e9] * 10
+    stored["calibrations"]["complexity"]["threshold"] = 1e9
+    (checkpoint_copy / "calibration.json").write_text(json.dumps(stored))
+    assert main(["score", "--checkpoint", str(checkpoint_copy), "--out", prefix, "--force",
+                 str(folder / "scan.nii.gz"), *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "lie outside the calibration's normal range as a whole" in err and "100% of all slices" in err
+    assert f"jaxmed calibrate --checkpoint {checkpoint_copy} --normal" in err
+    check = json.loads(open(prefix + ".json").read())["calibration_check"]
+    assert check["outside"] and check["below_calibration_min"] == 1.0
+    assert check["outside_groups"] == [str(folder / "scan.nii.gz")]

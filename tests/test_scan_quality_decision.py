@@ -41,3 +41,17 @@ def test_roundtrip_and_validation():
         calibrate([1.0], fpr=1.0)
     with pytest.raises(ValueError, match="NaN"):
         Calibration(threshold=0.0, reference_scores=np.array([1.0, np.nan]))
+
+
+def test_calibration_shift_by_hand():
+    from jaxmed.tasks.scan_quality import calibration_shift
+
+    calibration = calibrate(np.arange(10.0), fpr=0.2)  # reference 0..9, threshold 2
+    check = calibration_shift(np.array([-5.0, -1.0, 1.0, 3.0, 8.0, np.nan]), calibration,
+                              groups={"a.nii": np.array([-5.0, -1.0, 1.0]), "b.nii": np.array([3.0, 8.0])})
+    # Below 0: -5, -1 and the NaN; below the threshold 2: those and 1.
+    assert check["below_calibration_min"] == pytest.approx(3 / 6) and check["flagged"] == pytest.approx(4 / 6)
+    assert check["median_quantile"] == pytest.approx(0.2)  # median of the finite scores is 1: 0 and 1 of 0..9
+    assert check["outside_groups"] == ["a.nii"] and check["outside"] and check["target_fpr"] == 0.2
+    ok = calibration_shift(np.array([1.0, 5.0, 7.0]), calibration)
+    assert not ok["outside"] and ok["below_calibration_min"] == 0.0 and ok["outside_groups"] == []

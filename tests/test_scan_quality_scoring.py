@@ -115,7 +115,7 @@ def test_files_of_many_slice_counts_compile_once(run_dir, tmp_path, rng):
 def test_load_scorer_reads_preprocessing_and_checks_its_size(run_dir, tmp_path):
     scorer = load_scorer(run_dir)
     assert scorer.preprocessing == Preprocessing(image_size=(8, 8))  # jaxmed train's file default
-    assert scorer.calibration is None and scorer.calibration_spec is None
+    assert scorer.calibrations is None and scorer.calibration_spec is None and scorer.background is None
     other = tmp_path / "run"
     shutil.copytree(run_dir, other)
     save_preprocessing(other, Preprocessing(image_size=(16, 16)))
@@ -125,14 +125,23 @@ def test_load_scorer_reads_preprocessing_and_checks_its_size(run_dir, tmp_path):
 
 def test_calibration_file_round_trip_and_no_overwrite(tmp_path):
     calibration = Calibration(threshold=-3.0, reference_scores=np.array([-1.0, -3.0, 2.0]), target_fpr=0.05)
-    spec = ScoreSpec(method="importance", num_samples=12, options={"foo": 1})
-    save_calibration(tmp_path, calibration, spec=spec)
+    bits = Calibration(threshold=7.0, reference_scores=np.array([9.0, 7.0]), target_fpr=0.05)
+    spec = ScoreSpec(method="importance", num_samples=12, options={"foo": 1}, score="complexity")
+    with pytest.raises(ValueError, match="no calibration of the decision score 'complexity'"):
+        save_calibration(tmp_path, {"log_px": calibration}, spec=spec)
+    save_calibration(tmp_path, {"log_px": calibration, "complexity": bits}, spec=spec)
     with pytest.raises(FileExistsError, match="calibration.json: exists"):
-        save_calibration(tmp_path, calibration, spec=spec)
+        save_calibration(tmp_path, {"log_px": calibration, "complexity": bits}, spec=spec)
     loaded, loaded_spec = load_calibration(tmp_path)
-    assert loaded.threshold == -3.0 and loaded.target_fpr == 0.05
-    np.testing.assert_array_equal(loaded.reference_scores, [-3.0, -1.0, 2.0])
-    assert loaded_spec == spec
+    assert sorted(loaded) == ["complexity", "log_px"] and loaded_spec == spec
+    assert loaded["log_px"].threshold == -3.0 and loaded["log_px"].target_fpr == 0.05
+    np.testing.assert_array_equal(loaded["log_px"].reference_scores, [-3.0, -1.0, 2.0])
+    np.testing.assert_array_equal(loaded["complexity"].reference_scores, [7.0, 9.0])
+    # A file of jaxmed 0.1.0: one calibration, of log p(x), and a spec without a decision score.
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps({"calibration": calibration.to_dict(), "score": {
+        "method": "importance", "num_samples": 12, "chunk_size": 25, "batch_size": 32, "seed": 0, "options": {}}}))
+    loaded, loaded_spec = load_calibration(tmp_path)
+    assert list(loaded) == ["log_px"] and loaded_spec.score == "log_px" and loaded["log_px"].threshold == -3.0
     (tmp_path / CALIBRATION_FILE).write_text("{}")
     with pytest.raises(ValueError, match="not a valid calibration file"):
         load_calibration(tmp_path)
@@ -154,7 +163,7 @@ def test_score_paths_table_by_hand(run_dir, study):
     scorer = load_scorer(run_dir)
     reference = np.array([-30.0, -20.0, -10.0, -5.0, 0.0, 5.0, 10.0])
     calibration = Calibration(threshold=-10.0, reference_scores=reference, target_fpr=0.3)
-    table = score_paths(scorer, [folder], spec=MATCH, calibration=calibration)
+    table = score_paths(scorer, [folder], spec=MATCH, calibrations={"log_px": calibration})
 
     assert table.num_scored == 2
     assert [p["path"] for p in table.problems] == [str(folder / "corrupt.dcm")]
@@ -195,8 +204,10 @@ def test_user_threshold_without_calibration(run_dir, study):
 def test_calibrate_paths_threshold_is_the_order_statistic(run_dir, study, tmp_path):
     folder, _ = study
     scorer = load_scorer(run_dir)
-    calibration, problems, num_volumes = calibrate_paths(scorer, [folder], spec=MATCH, fpr=0.2)
+    calibrations, problems, num_volumes = calibrate_paths(scorer, [folder], spec=MATCH, fpr=0.2)
     assert num_volumes == 2 and len(problems) == 1
+    assert list(calibrations) == ["log_px"]  # the match method has no complexity or ratio form
+    calibration = calibrations["log_px"]
     table = score_paths(scorer, [folder], spec=MATCH)
     scores = np.sort([r["score"] for r in table.rows if r["level"] == "slice"])
     assert scores.size == 6
@@ -262,3 +273,50 @@ def test_a_colour_image_is_scored_as_its_luma_and_says_so(run_dir, tmp_path):
 
     with pytest.raises(ValueError, match=r"a colour image \(RGB, 3 channels\).*jaxmed.io.to_greyscale"):
         preprocess_volume(read_image(path), Preprocessing(image_size=(8, 8)))
+
+
+def test_complexity_and_likelihood_ratio_scores_by_hand(run_dir, tmp_path, rng):
+    import io
+
+    from PIL import Image
+
+    from jaxmed.tasks.scan_quality import BACKGROUND_DIR, normality_scores
+
+    # A background model: the same VAE with other parameters, in DIR/background.
+    checkpoint = tmp_path / "run"
+    shutil.copytree(run_dir, checkpoint)
+    model = load_scorer(run_dir).model
+    shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 8, 8, 1), np.float32), jax.random.key(1))
+    bg_params = jax.tree.map(lambda s: (0.2 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
+    save_config(checkpoint / BACKGROUND_DIR, {"model": {"name": "vae", "preset": "tiny",
+                                                        "config": model_config_to_dict(PRESETS["tiny"])}})
+    with Checkpointer(checkpoint / BACKGROUND_DIR) as checkpointer:
+        checkpointer.save(TrainState.create(params=bg_params, tx=optax.sgd(0.1), key=jax.random.key(2)))
+    scorer = load_scorer(checkpoint)
+    assert scorer.background is not None
+
+    images = rng.uniform(size=(3, 8, 8, 1)).astype(np.float32)
+    spec = ScoreSpec(method="importance", num_samples=8, batch_size=2)
+    key = jax.random.key(4)
+    scores = normality_scores(key, scorer.model, scorer.params, images, spec=spec, background=scorer.background)
+
+    def log_px_of(model, params, i):
+        lvm = vae_latent_model(model, params)
+        return float(log_px(jax.random.fold_in(key, i), lvm, images[i][None], method="importance",
+                            num_samples=8)[0])
+
+    for i in range(3):
+        own = log_px_of(scorer.model, scorer.params, i)
+        assert scores["log_px"][i] == pytest.approx(own, rel=1e-5)
+        # Bits of the PNG of the 8-bit image, and the density turned into a probability at 8-bit bins.
+        buffer = io.BytesIO()
+        Image.fromarray(np.round(images[i, ..., 0] * 255).astype(np.uint8)).save(buffer, format="PNG",
+                                                                                compress_level=9)
+        expected = own / math.log(2) - 64 * math.log2(255) + 8 * buffer.tell()
+        assert scores["complexity"][i] == pytest.approx(expected, rel=1e-6)
+        background = log_px_of(*scorer.background, i)
+        assert scores["likelihood_ratio"][i] == pytest.approx(own - background, rel=1e-4, abs=1e-3)
+    # The match method is no likelihood: no corrected forms.
+    assert list(normality_scores(key, scorer.model, scorer.params, images, spec=MATCH)) == ["log_px"]
+    with pytest.raises(ValueError, match="no 'complexity' form"):
+        ScoreSpec(method="match", score="complexity")

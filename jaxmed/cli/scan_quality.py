@@ -39,9 +39,18 @@ def _add_score_options(p, *, what: str) -> None:
                    help=f"estimator of the {what} scores (default: the calibration's, else importance)")
     g.add_argument("--num-samples", type=int, metavar="K",
                    help="samples (chains for ais) per slice (default: the calibration's, else 100)")
+    g.add_argument("--score", choices=_SCORE_CHOICES,
+                   help="the decision score: log-px (log p(x)), complexity (log p(x) corrected for the PNG code "
+                        "length, Serra et al.) or likelihood-ratio (against the background model in "
+                        "DIR/background, Ren et al.); every score is computed and reported (default: the "
+                        "calibration's, else log-px)")
     g.add_argument("--batch-size", type=int, default=32, metavar="B", help="slices per compiled call (default 32)")
     g.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the samplers (default 0)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+# Decision scores as typed (jaxmed.tasks.scan_quality.SCORES with dashes).
+_SCORE_CHOICES = ("log-px", "complexity", "likelihood-ratio")
 
 
 def _score_spec(args, stored):
@@ -51,8 +60,9 @@ def _score_spec(args, stored):
     same_method = stored is not None and stored.method == method
     num_samples = args.num_samples or (stored.num_samples if same_method else 100)
     options = dict(stored.options) if same_method else {}
+    score = args.score.replace("-", "_") if args.score else (stored.score if same_method else "log_px")
     return ScoreSpec(method=method, num_samples=num_samples, batch_size=args.batch_size, seed=args.seed,
-                     options=options)
+                     options=options, score=score)
 
 
 def _same_scores(a, b) -> bool:
@@ -67,9 +77,12 @@ def _add_calibrate(subparsers, *, note: str = "") -> None:
         help="set a checkpoint's decision threshold from normal scans" + note,
         description=(
             "Score the slices of NORMAL scans (not the training images) with a trained VAE and store, "
-            "in DIR/calibration.json, the threshold that calls at most a fraction --fpr of normal slices "
-            "abnormal, the normal reference scores (for p-values) and how the scores were computed. "
-            "An existing calibration.json is replaced only with --force."
+            "in DIR/calibration.json, for each score (log p(x), the complexity-corrected score and, with a "
+            "background model, the likelihood ratio) the threshold that calls at most a fraction --fpr of "
+            "normal slices abnormal and the normal reference scores (for p-values), with how the scores "
+            "were computed; --score names the one that decides by default. Calibrate on the normal scans "
+            "of the site (scanner, protocol) whose scans will be scored: a model trained elsewhere shifts "
+            "every score at a new site. An existing calibration.json is replaced only with --force."
         ),
     )
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint folder (jaxmed train --out)")
@@ -94,21 +107,26 @@ def _run_calibrate(args) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"jaxmed calibrate: error: {e}", file=sys.stderr)
         return 2
+    if spec.score == "likelihood_ratio" and scorer.background is None:
+        print(f"jaxmed calibrate: error: {args.checkpoint}: the likelihood-ratio score needs a background model "
+              "in DIR/background (jaxmed train --augment-mutation ...)", file=sys.stderr)
+        return 2
     try:
-        calibration, problems, num_volumes = calibrate_paths(scorer, args.normal, spec=spec, fpr=args.fpr,
-                                                             progress=not args.no_progress)
+        calibrations, problems, num_volumes = calibrate_paths(scorer, args.normal, spec=spec, fpr=args.fpr,
+                                                              progress=not args.no_progress)
     except ValueError as e:  # nothing scored, or non-finite scores
         print(f"jaxmed calibrate: error: {e}", file=sys.stderr)
         return 1
     for problem in problems:
         print(f"skipped {problem['path']}: {problem['problem']}", file=sys.stderr)
-    n = calibration.reference_scores.size
-    save_calibration(args.checkpoint, calibration, spec=spec, force=args.force, info={
+    n = calibrations[spec.score].reference_scores.size
+    save_calibration(args.checkpoint, calibrations, spec=spec, force=args.force, info={
         "num_volumes": num_volumes, "num_slices": int(n), "inputs": [str(p) for p in args.normal],
         "problems": problems})
-    print(f"calibrated on {n} slices of {num_volumes} volume(s) ({spec.method}, {spec.num_samples} samples): "
-          f"threshold {calibration.threshold:.6g} at target false-positive rate {args.fpr} per slice; "
-          f"smallest possible p-value 1/{n + 1}")
+    print(f"calibrated on {n} slices of {num_volumes} volume(s) ({spec.method}, {spec.num_samples} samples) "
+          f"at target false-positive rate {args.fpr} per slice; smallest possible p-value 1/{n + 1}; thresholds:")
+    for kind, calibration in calibrations.items():
+        print(f"  {kind}: {calibration.threshold:.6g}{' (decides)' if kind == spec.score else ''}")
     print(f"wrote {path}")
     return 0
 
@@ -119,12 +137,15 @@ def _add_score(subparsers, *, note: str = "") -> None:
         help="score DICOM/NIfTI scans with a trained VAE: log p(x), decision, confidence" + note,
         description=(
             "Preprocess each scan as the training images were (DIR/preprocess.json), score every slice by "
-            "an estimate of log p(x), and decide normal/abnormal with the threshold of DIR/calibration.json "
-            "(jaxmed calibrate) or --threshold. A volume takes its lowest slice score. Writes a table, "
-            "PREFIX.csv and PREFIX.json (file, series number, slice, score, decision, p-value; no patient "
-            "fields); bad inputs are listed with the reason, in the table and at the end, and the rest is "
-            "scored. Exit status 0 if anything was scored, 1 if nothing could be. Existing outputs are "
-            "overwritten only with --force."
+            "an estimate of log p(x), its complexity-corrected form and (with a background model in "
+            "DIR/background) the likelihood ratio, and decide normal/abnormal by the decision score "
+            "(--score) with the threshold of DIR/calibration.json (jaxmed calibrate) or --threshold. A "
+            "volume takes its lowest slice score. Writes a table, PREFIX.csv and PREFIX.json (file, series "
+            "number, slice, scores, decision, p-value; no patient fields); bad inputs are listed with the "
+            "reason, in the table and at the end, and the rest is scored. When the scans lie outside the "
+            "calibration's normal range as a whole (most slices below every normal calibration slice), a "
+            "warning says so: calibrate on the site's own normal scans. Exit status 0 if anything was "
+            "scored, 1 if nothing could be. Existing outputs are overwritten only with --force."
         ),
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM/NIfTI files or folders")
@@ -132,7 +153,7 @@ def _add_score(subparsers, *, note: str = "") -> None:
     p.add_argument("--out", default="jaxmed-scores", metavar="PREFIX",
                    help="writes PREFIX.csv and PREFIX.json (default jaxmed-scores)")
     p.add_argument("--threshold", type=float, metavar="T",
-                   help="normal if score >= T (default: the calibration's threshold)")
+                   help="normal if the decision score >= T (default: the calibration's threshold)")
     p.add_argument("--force", action="store_true", help="overwrite existing PREFIX.csv / PREFIX.json")
     _add_score_options(p, what="")
     p.set_defaults(run=_run_score)
@@ -153,17 +174,28 @@ def _run_score(args) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"jaxmed score: error: {e}", file=sys.stderr)
         return 2
-    calibration = scorer.calibration
-    if calibration is not None and not _same_scores(spec, scorer.calibration_spec):
+    calibrations = scorer.calibrations
+    if calibrations is not None and not _same_scores(spec, scorer.calibration_spec):
         stored = scorer.calibration_spec
         print(f"jaxmed score: warning: the calibration was made with {stored.method} ({stored.num_samples} "
-              f"samples), not {spec.method} ({spec.num_samples}); its threshold and p-values are not used "
+              f"samples), not {spec.method} ({spec.num_samples}); its thresholds and p-values are not used "
               "(run jaxmed calibrate with these settings, or give --threshold)", file=sys.stderr)
-        calibration = None
-    table = score_paths(scorer, args.inputs, spec=spec, calibration=calibration, threshold=args.threshold,
-                        progress=not args.no_progress)
+        calibrations = None
+    if calibrations is not None and spec.score not in calibrations:
+        print(f"jaxmed score: warning: the calibration holds no {spec.score} score (it has "
+              f"{', '.join(sorted(calibrations))}); no threshold or p-values (run jaxmed calibrate, or give "
+              "--threshold)", file=sys.stderr)
+    try:
+        table = score_paths(scorer, args.inputs, spec=spec, calibrations=calibrations, threshold=args.threshold,
+                            progress=not args.no_progress)
+    except ValueError as e:
+        print(f"jaxmed score: error: {e}", file=sys.stderr)
+        return 2
+    from jaxmed.tasks.scan_quality import SCORE_MEANINGS
+
+    calibration = (calibrations or {}).get(spec.score)
     meta = {"checkpoint": str(Path(args.checkpoint).absolute()), "score": spec.to_dict(),
-            "score_meaning": "log p(x) in nats" if spec.method != "match" else "-KL(q(z|x) || N(0, I)) in nats",
+            "score_meaning": SCORE_MEANINGS[spec.score], "scores": {k: SCORE_MEANINGS[k] for k in SCORE_MEANINGS},
             "threshold": args.threshold if args.threshold is not None else (
                 calibration.threshold if calibration is not None else None),
             "volume_rule": "lowest slice score; p-value Bonferroni-adjusted over the volume's slices"}
@@ -178,8 +210,18 @@ def _run_score(args) -> int:
             score = "nan" if r["score"] is None else f"{r['score']:.6g}"
             print(f"{r['file'].ljust(width)}  {r['num_slices']:6d}  {score:>12}  {decision:8}  {p_value}")
     if calibration is None and args.threshold is None:
-        print("no decisions: the checkpoint has no calibration.json (run jaxmed calibrate) and no --threshold "
-              "was given", file=sys.stderr)
+        print("no decisions: the checkpoint has no calibration of this score (run jaxmed calibrate) and no "
+              "--threshold was given", file=sys.stderr)
+    if table.check is not None and table.check["outside"]:
+        check = table.check
+        where = (f"{len(check['outside_groups'])} of {table.num_scored} volume(s)" if check["outside_groups"]
+                 else "the scans")
+        print(f"jaxmed score: warning: {where} lie outside the calibration's normal range as a whole: "
+              f"{check['below_calibration_min']:.0%} of all slices score below every normal calibration slice, "
+              f"{check['flagged']:.0%} are flagged at a threshold set for {check['target_fpr']} of normal slices. "
+              "A model trained on other scans shifts every score at a new site or scanner, artefact or not: "
+              f"calibrate on this site's normal scans (jaxmed calibrate --checkpoint {args.checkpoint} --normal "
+              "NORMAL_SCANS --force) before trusting these decisions.", file=sys.stderr)
     for note in table.notes:
         print(f"note: {note['path']}: {note['note']}", file=sys.stderr)
     if table.problems:

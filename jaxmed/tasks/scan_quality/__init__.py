@@ -26,6 +26,7 @@ from jaxmed.tasks.scan_quality.decision import (
     Decisions,
     anomaly_scores,
     calibrate,
+    calibration_shift,
     classify,
     two_sided_anomaly_scores,
 )
@@ -43,22 +44,33 @@ from jaxmed.tasks.scan_quality.evaluation import (
 from jaxmed.tasks.scan_quality.files import ROW_FIELDS, ScoreTable, calibrate_paths, score_paths, write_table
 from jaxmed.tasks.scan_quality.outputs import write_figures, write_results
 from jaxmed.tasks.scan_quality.scorer import (
+    BACKGROUND_DIR,
     CALIBRATION_FILE,
     Scorer,
     load_calibration,
     load_scorer,
     save_calibration,
 )
-from jaxmed.tasks.scan_quality.scores import ScoreSpec, make_score_fn, score_images
+from jaxmed.tasks.scan_quality.scores import (
+    SCORE_MEANINGS,
+    SCORES,
+    ScoreSpec,
+    make_score_fn,
+    normality_scores,
+    score_images,
+)
 from jaxmed.tasks.scan_quality.study import CHECKPOINT_DIR, DemoData, load_demo_data, run_demo, train_vae
 from jaxmed.tasks.scan_quality.test_set import TestSet, make_test_set, subset_indices
 
 __all__ = [
+    "BACKGROUND_DIR",
     "CALIBRATION_FILE",
     "CHECKPOINT_DIR",
     "DATA_SOURCES",
     "QUICK",
     "ROW_FIELDS",
+    "SCORES",
+    "SCORE_MEANINGS",
     "Calibration",
     "Decisions",
     "DemoConfig",
@@ -73,6 +85,7 @@ __all__ = [
     "calibrate",
     "calibrate_on_validation",
     "calibrate_paths",
+    "calibration_shift",
     "classify",
     "demo_config",
     "format_auroc_table",
@@ -82,6 +95,7 @@ __all__ = [
     "load_scorer",
     "make_score_fn",
     "make_test_set",
+    "normality_scores",
     "pca_scores",
     "reconstruct",
     "run_config",

@@ -155,3 +155,52 @@ def two_sided_anomaly_scores(normality_scores, reference_scores) -> np.ndarray:
     # A floor keeps the scale positive when most references tie.
     scale = max(1.4826 * np.median(np.abs(ref - median)), 1e-12 * max(1.0, abs(median)))
     return np.abs(np.asarray(normality_scores, dtype=np.float64) - median) / scale
+
+
+def calibration_shift(scores, calibration: Calibration, *, groups=None, outside_fraction: float = 0.5) -> dict:
+    """How a batch of normality scores sits against the calibration's normal scores, as a whole.
+
+    A per-slice threshold is only as good as the calibration set is like the
+    scans scored: another scanner, protocol or population shifts every
+    slice's score, and then most slices fall below the lowest normal score
+    the calibration saw, artefact or not. That is a statement about the batch
+    (or a volume), not about one slice: calibrate on the site's own normal
+    scans (``jaxmed calibrate``) before trusting the decisions.
+
+    Args:
+      scores: ``[n]`` normality scores (higher = more normal).
+      calibration: the calibration they are decided with.
+      groups: optional ``{name: [m] scores}`` (e.g. per volume), checked one
+        by one as well.
+      outside_fraction: a batch (or group) lies outside the calibration when
+        more than this fraction of its scores is below the lowest reference
+        score.
+
+    Returns:
+      ``{"num_scores", "below_calibration_min", "flagged", "target_fpr",
+      "median_quantile", "outside", "outside_groups"}``: the fractions of
+      scores below the lowest reference score and below the threshold, the
+      calibration's target false-positive rate, the fraction of reference
+      scores at or below the batch's median score, whether the batch lies
+      outside, and the names of the groups that do.
+    """
+    ref = calibration.reference_scores
+
+    def below_min(values):
+        values = np.asarray(values, np.float64).ravel()
+        # NaN scores count as outside: they are not in any normal range.
+        return float(np.mean(~(values >= ref[0]))) if values.size else 0.0
+
+    scores = np.asarray(scores, np.float64).ravel()
+    fraction = below_min(scores)
+    outside_groups = sorted(name for name, values in (groups or {}).items() if below_min(values) > outside_fraction)
+    finite = scores[np.isfinite(scores)]
+    return {
+        "num_scores": int(scores.size),
+        "below_calibration_min": fraction,
+        "flagged": float(np.mean(~(scores >= calibration.threshold))) if scores.size else 0.0,
+        "target_fpr": calibration.target_fpr,
+        "median_quantile": float(np.mean(ref <= np.median(finite))) if finite.size else None,
+        "outside": fraction > outside_fraction or bool(outside_groups),
+        "outside_groups": outside_groups,
+    }

@@ -120,22 +120,33 @@ def score_test_set(
     return out
 
 
-def calibrate_on_validation(trained: TrainedVAE, val_scores: np.ndarray, *, spec: Any, fpr: float):
-    """Threshold at ``fpr`` from the validation slices' scores, saved as the checkpoint's ``calibration.json``.
+def calibrate_on_validation(
+    trained: TrainedVAE,
+    val_scores: Mapping[str, np.ndarray],
+    *,
+    spec: Any,
+    fpr: float,
+    source: str = "the demo's validation slices",
+) -> dict[str, Any]:
+    """Thresholds at ``fpr`` from normal slices' scores, saved as the checkpoint's ``calibration.json``.
 
     Args:
       trained: the VAE (its ``run_dir`` receives the file).
-      val_scores: ``[n]`` normality scores of the validation slices by ``spec``.
-      spec: the :class:`~jaxmed.tasks.scan_quality.scores.ScoreSpec` they were computed with.
+      val_scores: ``{score: [n] normality scores}`` of normal slices (scores
+        of :data:`~jaxmed.tasks.scan_quality.scores.SCORES`) by ``spec``.
+      spec: the :class:`~jaxmed.tasks.scan_quality.scores.ScoreSpec` they were
+        computed with; its ``score`` decides by default.
       fpr: target false-positive rate per slice.
+      source: what the slices are, for the record.
 
     Returns:
-      The :class:`~jaxmed.tasks.scan_quality.decision.Calibration`.
+      ``{score: Calibration}``.
     """
-    calibration = calibrate(val_scores, fpr=fpr)
-    save_calibration(trained.run_dir, calibration, spec=spec, force=True,
-                     info={"source": "the demo's validation slices", "num_slices": int(len(val_scores))})
-    return calibration
+    calibrations = {kind: calibrate(values, fpr=fpr) for kind, values in val_scores.items()}
+    num_slices = len(next(iter(val_scores.values())))
+    save_calibration(trained.run_dir, calibrations, spec=spec, force=True,
+                     info={"source": source, "num_slices": int(num_slices)})
+    return calibrations
 
 
 def pca_scores(train: np.ndarray, images: np.ndarray, *, num_components: int) -> np.ndarray:

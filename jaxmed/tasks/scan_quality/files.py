@@ -33,18 +33,19 @@ import jax
 import numpy as np
 
 from jaxmed.data.preprocess import Preprocessing, preprocess_volume
-from jaxmed.tasks.scan_quality.decision import Calibration, calibrate, classify
-from jaxmed.tasks.scan_quality.scorer import Scorer
-from jaxmed.tasks.scan_quality.scores import ScoreSpec, score_images
+from jaxmed.tasks.scan_quality.decision import Calibration, calibrate, calibration_shift, classify
+from jaxmed.tasks.scan_quality.scorer import BACKGROUND_DIR, Scorer
+from jaxmed.tasks.scan_quality.scores import SCORES, ScoreSpec, normality_scores
 
 __all__ = ["ROW_FIELDS", "ScoreTable", "calibrate_paths", "score_paths", "write_table"]
 
 # Columns of the results table, in order. ``level`` is "slice", "volume" or
-# "error"; a volume row carries the lowest slice score and, in
-# ``worst_slice``, the index of that slice.
+# "error"; a volume row carries the lowest slice scores and, in
+# ``worst_slice``, the index of the slice with the lowest decision score.
+# ``score`` is the decision score; the columns of SCORES hold every score.
 ROW_FIELDS = (
     "file", "input", "series", "level", "slice", "num_slices", "worst_slice",
-    "score", "decision", "p_value", "num_reference", "problem",
+    "score", "decision", "p_value", "num_reference", *SCORES, "problem",
 )
 
 
@@ -67,12 +68,16 @@ class ScoreTable(NamedTuple):
       num_scored: number of volumes scored.
       notes: ``{"path", "note"}`` for each input scored after a conversion
         (a colour image read as greyscale).
+      check: how the scores sit against the calibration's normal range
+        (:func:`~jaxmed.tasks.scan_quality.decision.calibration_shift`), or
+        None without a calibration.
     """
 
     rows: list[dict[str, Any]]
     problems: list[dict[str, str]]
     num_scored: int
     notes: list[dict[str, str]]
+    check: dict[str, Any] | None = None
 
 
 def _read_items(paths: Iterable, prep: Preprocessing, *, progress: bool
@@ -119,7 +124,7 @@ def score_paths(
     paths: Sequence,
     *,
     spec: ScoreSpec,
-    calibration: Calibration | None = None,
+    calibrations: Mapping[str, Calibration] | None = None,
     threshold: float | None = None,
     progress: bool = False,
 ) -> ScoreTable:
@@ -129,28 +134,42 @@ def score_paths(
       scorer: from :func:`load_scorer`.
       paths: DICOM/NIfTI files and folders (searched recursively, DICOM
         grouped by series).
-      spec: how to score.
-      calibration: the threshold and the normal reference scores; None
-        leaves ``p_value`` and ``num_reference`` empty.
-      threshold: decide with this threshold instead of the calibration's;
-        with neither, ``decision`` is empty too.
+      spec: how to score; ``spec.score`` decides.
+      calibrations: ``{score: Calibration}`` (thresholds and normal reference
+        scores); the decision score's gives ``decision``, ``p_value`` and
+        ``num_reference``, which stay empty without it.
+      threshold: decide with this threshold (in the decision score's units)
+        instead of the calibration's; with neither, ``decision`` is empty.
       progress: tqdm bars while reading and scoring.
 
     Returns:
-      A :class:`ScoreTable`. A volume row's score is its lowest slice score;
-      its decision applies the (per-slice) threshold to it, and its
-      ``p_value`` is the Bonferroni-adjusted smallest slice p-value,
-      ``min(1, n * min_i p_i)`` for ``n`` slices: a valid p-value for "all
-      slices are normal". Note that a per-slice threshold at false-positive
-      rate ``fpr`` flags a normal volume of ``n`` slices with probability up
-      to ``n * fpr``.
+      A :class:`ScoreTable`: per slice, the decision score (``score``) and
+      every score that applies (:data:`~jaxmed.tasks.scan_quality.scores.SCORES`
+      columns). A volume row's scores are its lowest slice scores (its
+      ``worst_slice`` that of the decision score); its decision applies the
+      (per-slice) threshold to it, and its ``p_value`` is the
+      Bonferroni-adjusted smallest slice p-value, ``min(1, n * min_i p_i)``
+      for ``n`` slices: a valid p-value for "all slices are normal". Note
+      that a per-slice threshold at false-positive rate ``fpr`` flags a
+      normal volume of ``n`` slices with probability up to ``n * fpr``. With
+      a calibration, ``check`` says whether the scans lie outside its normal
+      range as a whole (:func:`~jaxmed.tasks.scan_quality.decision.calibration_shift`).
+
+    Raises:
+      ValueError: the decision score needs a background model the scorer
+        does not have.
     """
+    if spec.score == "likelihood_ratio" and scorer.background is None:
+        raise ValueError(f"{scorer.run_dir}: the likelihood-ratio score needs a background model in "
+                         f"{scorer.run_dir / BACKGROUND_DIR} (jaxmed train --augment-mutation ...)")
     items, problems, notes = _read_items(paths, scorer.preprocessing, progress=progress)
     # All slices in one stream of fixed-size batches: one compilation, full batches.
-    images = np.concatenate([it.images for it in items]) if items else np.zeros((0,))
+    images = np.concatenate([it.images for it in items]) if items else np.zeros((0, 1, 1, 1), np.float32)
     indices = np.concatenate([it.indices for it in items]) if items else np.zeros((0,), np.int64)
-    scores = score_images(jax.random.key(spec.seed), scorer.model, scorer.params, images, spec=spec,
-                          indices=indices, progress=progress)
+    all_scores = normality_scores(jax.random.key(spec.seed), scorer.model, scorer.params, images, spec=spec,
+                                  background=scorer.background, indices=indices, progress=progress)
+    scores = all_scores[spec.score]
+    calibration = (calibrations or {}).get(spec.score)
     decisions = None if calibration is None else classify(scores, calibration)
     p_values = np.full(len(scores), np.nan) if decisions is None else decisions.p_value
     num_reference = None if decisions is None else decisions.num_reference
@@ -159,24 +178,30 @@ def score_paths(
     rows = []
     for it, start, stop in zip(items, bounds[:-1], bounds[1:]):
         s, p = scores[start:stop], p_values[start:stop]
+        kinds = {k: v[start:stop] for k, v in all_scores.items()}
         common = {"file": it.file, "input": it.input, "series": it.series, "threshold": cut,
                   "num_reference": num_reference}
-        for index, value, p_slice in zip(it.indices, s, p, strict=True):
+        for i, (index, value, p_slice) in enumerate(zip(it.indices, s, p, strict=True)):
             rows.append(_row(**common, level="slice", slice=int(index), num_slices=None, worst_slice=None,
-                             score=value, p_value=p_slice))
+                             score=value, p_value=p_slice, kinds={k: v[i] for k, v in kinds.items()}))
         worst = int(np.nanargmin(s)) if np.isfinite(s).any() else 0
         # Bonferroni over the volume's slices: a valid p-value for "every slice is normal".
         p_volume = None if np.isnan(p).all() else min(1.0, len(s) * float(np.nanmin(p)))
         rows.append(_row(**common, level="volume", slice=None, num_slices=len(s),
-                         worst_slice=int(it.indices[worst]), score=s[worst], p_value=p_volume))
+                         worst_slice=int(it.indices[worst]), score=s[worst], p_value=p_volume,
+                         kinds={k: np.nanmin(v) if np.isfinite(v).any() else np.nan for k, v in kinds.items()}))
     for problem in problems:
         rows.append({**{k: None for k in ROW_FIELDS}, "file": problem["path"], "level": "error",
                      "problem": problem["problem"]})
-    return ScoreTable(rows, problems, len(items), notes)
+    check = None
+    if calibration is not None and len(scores):
+        per_volume = {it.file: scores[start:stop] for it, start, stop in zip(items, bounds[:-1], bounds[1:])}
+        check = calibration_shift(scores, calibration, groups=per_volume)
+    return ScoreTable(rows, problems, len(items), notes, check)
 
 
 def _row(*, file, input, series, level, slice, num_slices, worst_slice, score, threshold, p_value,
-         num_reference) -> dict[str, Any]:
+         num_reference, kinds) -> dict[str, Any]:
     value = _float_or_none(score)
     decision = None
     if threshold is not None:
@@ -185,6 +210,7 @@ def _row(*, file, input, series, level, slice, num_slices, worst_slice, score, t
     return {"file": file, "input": input, "series": series, "level": level, "slice": slice,
             "num_slices": num_slices, "worst_slice": worst_slice, "score": value, "decision": decision,
             "p_value": _float_or_none(p_value), "num_reference": num_reference,
+            **{k: _float_or_none(kinds[k]) if k in kinds else None for k in SCORES},
             "problem": None if value is not None else "the score is NaN or infinite"}
 
 
@@ -195,32 +221,40 @@ def calibrate_paths(
     spec: ScoreSpec,
     fpr: float = 0.05,
     progress: bool = False,
-) -> tuple[Calibration, list[dict[str, str]], int]:
-    """Calibrates the per-slice threshold on the slices of normal scans.
+) -> tuple[dict[str, Calibration], list[dict[str, str]], int]:
+    """Calibrates the per-slice threshold of every score on the slices of normal scans.
 
     Args:
       scorer: from :func:`load_scorer`.
       paths: files/folders of NORMAL scans (not the training images).
-      spec: how to score (the same spec must be used when scoring).
+      spec: how to score (the same estimator settings must be used when
+        scoring; any of the calibrated scores can then decide).
       fpr: target false-positive rate per slice.
       progress: tqdm bars.
 
     Returns:
-      ``(calibration, problems, num_volumes)``.
+      ``({score: calibration}, problems, num_volumes)``: a calibration of
+      each score that applies (the likelihood ratio only with a background
+      model).
 
     Raises:
       ValueError: no slice could be scored, or some scores are not finite.
     """
     table = score_paths(scorer, paths, spec=spec, progress=progress)
     slice_rows = [r for r in table.rows if r["level"] == "slice"]
-    scores = np.asarray([np.nan if r["score"] is None else r["score"] for r in slice_rows], np.float64)
-    if not scores.size:
+    if not slice_rows:
         listing = "; ".join(f"{p['path']}: {p['problem']}" for p in table.problems) or "no image files found"
         raise ValueError(f"no normal slice could be scored ({listing})")
-    if not np.all(np.isfinite(scores)):
-        bad = sorted({r["file"] for r in slice_rows if r["score"] is None})
-        raise ValueError(f"non-finite scores for {', '.join(bad)}")
-    return calibrate(scores, fpr=fpr), table.problems, table.num_scored
+    calibrations = {}
+    for kind in SCORES:
+        if slice_rows[0][kind] is None and all(r[kind] is None for r in slice_rows):
+            continue  # this score does not apply (no background model; the match method)
+        scores = np.asarray([np.nan if r[kind] is None else r[kind] for r in slice_rows], np.float64)
+        if not np.all(np.isfinite(scores)):
+            bad = sorted({r["file"] for r in slice_rows if r[kind] is None})
+            raise ValueError(f"non-finite {kind} scores for {', '.join(bad)}")
+        calibrations[kind] = calibrate(scores, fpr=fpr)
+    return calibrations, table.problems, table.num_scored
 
 
 def write_table(
@@ -231,7 +265,7 @@ def write_table(
     meta: Mapping[str, Any] | None = None,
     force: bool = False,
 ) -> tuple[Path, Path]:
-    """Writes the rows as CSV (one row each) and JSON (``{"meta", "rows", "problems", "notes"}``).
+    """Writes the rows as CSV (one row each) and JSON (``{"meta", "rows", "problems", "notes", "calibration_check"}``).
 
     Raises:
       FileExistsError: an output exists and ``force`` is False (nothing is
@@ -249,5 +283,5 @@ def write_table(
         for row in table.rows:
             writer.writerow({k: "" if row.get(k) is None else row[k] for k in ROW_FIELDS})
     json_path.write_text(json.dumps({"meta": dict(meta or {}), "rows": table.rows, "problems": table.problems,
-                                     "notes": table.notes}, indent=2) + "\n")
+                                     "notes": table.notes, "calibration_check": table.check}, indent=2) + "\n")
     return csv_path, json_path

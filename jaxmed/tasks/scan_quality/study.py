@@ -272,8 +272,8 @@ def run_demo(
     test = make_test_set(jax.random.fold_in(root, _TEST_SET), data.test, artefacts=config.artefacts,
                          severity=config.severity, copies=config.copies)
     scores = _score(config, trained, data, test, progress=progress, say=say)
-    calibration = calibrate_on_validation(trained, scores.val, spec=score_specs(config)["importance"],
-                                          fpr=config.fpr)
+    calibration = calibrate_on_validation(trained, {"log_px": scores.val}, spec=score_specs(config)["importance"],
+                                          fpr=config.fpr)["log_px"]
     timings["score_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
