@@ -5,7 +5,6 @@ import itertools
 import subprocess
 import sys
 
-import jax
 import nibabel as nib
 import numpy as np
 import pytest

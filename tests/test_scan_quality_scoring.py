@@ -5,7 +5,6 @@ the match score from the encoder's outputs with the closed-form Gaussian KL in
 numpy, thresholds and p-values from their definitions.
 """
 
-import dataclasses
 import json
 import math
 import os
