@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
@@ -44,6 +45,20 @@ def _check_shape(shape: Sequence[int], ndim: int, what: str) -> tuple[int, ...]:
     if any(n < 1 for n in shape):
         raise ValueError(f"{what} must be positive, got {shape}")
     return shape
+
+
+def _check_invertible(affine: Array, name: str) -> None:
+    """Raises for a concrete affine whose voxel axes are collapsed or parallel (traced ones pass unchecked)."""
+    try:
+        affine = np.asarray(affine, dtype=np.float64)
+    except jax.errors.TracerArrayConversionError:
+        return
+    ndim = affine.shape[0] - 1
+    linear = affine[:ndim, :ndim]
+    # Relative to the voxel size, so that fine grids are not mistaken for singular ones.
+    scale = float(np.prod(np.linalg.norm(linear, axis=0)))
+    if not np.all(np.isfinite(affine)) or scale == 0 or abs(np.linalg.det(linear)) <= 1e-9 * scale:
+        raise ValueError(f"{name} is not invertible (collapsed or parallel voxel axes, or not finite): {affine}")
 
 
 def resample_to(
@@ -78,6 +93,10 @@ def resample_to(
     Returns:
         ``dst_shape`` array, float.
 
+    Raises:
+        ValueError: bad shapes or settings, or a (concrete) ``src_affine``
+            that is not invertible.
+
     Note:
         No anti-aliasing: downsampling by a large factor samples the source
         rather than averaging it; blur first when that matters.
@@ -92,6 +111,7 @@ def resample_to(
     for name, affine in (("src_affine", src_affine), ("dst_affine", dst_affine)):
         if affine.shape != (ndim + 1, ndim + 1):
             raise ValueError(f"{name} must be {(ndim + 1, ndim + 1)} for a {ndim}D array, got {affine.shape}")
+    _check_invertible(src_affine, "src_affine")
     if order not in (0, 1):
         raise ValueError(f"order must be 0 or 1, got {order}")
     if mode not in _MODES:
