@@ -104,6 +104,14 @@ def _add_train(subparsers) -> None:
     g.add_argument("--augment-mutation", type=float, metavar="RATE",
                    help="augmentation: replace this fraction of pixels by uniform noise, to train a background "
                         "model for likelihood-ratio scores (Ren et al. 2019; default 0: none)")
+    g.add_argument("--synth-subjects", type=int, metavar="K",
+                   help="brain-mri: add K synthetic subjects (deformed, re-contrasted, biased, blurred, noisy "
+                        "versions of the template, jaxmed.data.synth) to the training slices (default 0)")
+    g.add_argument("--synth-off", action="append", metavar="FAMILY",
+                   help="switch off one family of the synthetic subjects' variation (deformation, affine, "
+                        "contrast, bias, resolution, noise); repeatable")
+    g.add_argument("--synth-option", action="append", type=_field_value, metavar="FIELD=VALUE",
+                   help="set a field of jaxmed.data.synth.SynthConfig (e.g. bias_amplitude=[0,0.05]); repeatable")
     g.add_argument("--mixed-precision", action="store_true", default=None,
                    help="compute in bfloat16, keep float32 parameters (for accelerators: on CPU, even with "
                         "AVX512-BF16, it measured slower than float32; benchmarks/RESULTS.md)")
@@ -167,6 +175,16 @@ def _loss_fields(args) -> dict[str, Any]:
     return fields
 
 
+def _synth_fields(args) -> dict[str, Any]:
+    """SynthSource fields the command line sets: the count, the families switched off, the options."""
+    from jaxmed.data.synth import off_fields
+
+    fields = {"num_subjects": args.synth_subjects}
+    fields.update(off_fields(*(args.synth_off or ())))
+    fields.update(dict(args.synth_option or ()))
+    return fields
+
+
 def _lr_factor(text: str) -> tuple[str, float]:
     pattern, sep, factor = text.rpartition("=")
     try:
@@ -204,6 +222,7 @@ def _run_train(args) -> int:
             base, data=args.data, model=args.model, preset=args.preset, num_train=args.num_train,
             num_val=args.num_val, model_options=tuple(args.model_option) if args.model_option else None,
             loss=_loss_fields(args),
+            synth=_synth_fields(args),
             augment={"max_shift": args.augment_shift, "flip_probability": args.augment_flip,
                      "intensity_range": args.augment_intensity, "mutation_rate": args.augment_mutation},
             optim={"optimizer": args.optimizer, "learning_rate": args.lr, "schedule": args.schedule,

@@ -24,6 +24,7 @@ import numpy as np
 import jaxmed
 from jaxmed.data.augmentation import AugmentConfig, augment_batch
 from jaxmed.data.batching import batch_indices
+from jaxmed.data.synth import SynthSource
 from jaxmed.train.checkpoint import (
     CHECKPOINT_SUBDIR,
     CONFIG_FILE,
@@ -86,6 +87,9 @@ class RunConfig:
       num_val: number of validation images.
       augment: random transforms of each training image, drawn per step
         (:class:`jaxmed.data.AugmentConfig`; the default changes nothing).
+      synth: ``data="brain-mri"`` only: synthetic subjects added to the
+        training slices (:class:`jaxmed.data.synth.SynthSource`; the default
+        adds none).
       optim: the optimiser.
       train: steps, batch size, seed, periods, devices.
     """
@@ -98,6 +102,7 @@ class RunConfig:
     num_train: int = 2048
     num_val: int = 256
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    synth: SynthSource = field(default_factory=SynthSource)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -122,6 +127,8 @@ class RunConfig:
         object.__setattr__(self, "loss", loss)
         if self.num_train < 1 or self.num_val < 1:
             raise ValueError(f"num_train and num_val must be >= 1, got {self.num_train}, {self.num_val}")
+        if self.synth.num_subjects and self.data != "brain-mri":
+            raise ValueError(f"synthetic subjects come only with data 'brain-mri', not {self.data!r}")
 
     @property
     def model_config(self) -> Any:
@@ -248,6 +255,7 @@ def update_run_config(
     *,
     loss: dict[str, Any] | None = None,
     augment: dict[str, Any] | None = None,
+    synth: dict[str, Any] | None = None,
     optim: dict[str, Any] | None = None,
     train: dict[str, Any] | None = None,
     **fields: Any,
@@ -259,6 +267,8 @@ def update_run_config(
       loss: fields of the model's loss config (of ``base.loss``, or of the
         new model's defaults when ``fields`` names another model).
       augment: :class:`jaxmed.data.AugmentConfig` fields.
+      synth: ``"num_subjects"`` and :class:`jaxmed.data.synth.SynthConfig`
+        fields (as JSON values), for :class:`jaxmed.data.synth.SynthSource`.
       optim: :class:`OptimConfig` fields.
       train: :class:`TrainConfig` fields.
       **fields: top-level :class:`RunConfig` fields.
@@ -287,8 +297,14 @@ def update_run_config(
             run = dataclasses.replace(run, loss=replace_fields(run.loss, loss_fields))
         except ValueError as e:
             raise ValueError(f"model {run.model!r}: {e}") from None
+    synth_fields = given(synth)
+    source = run.synth
+    if synth_fields:
+        num_subjects = synth_fields.pop("num_subjects", source.num_subjects)
+        source = SynthSource(num_subjects=num_subjects, config=replace_fields(source.config, synth_fields))
     return dataclasses.replace(
         run,
+        synth=source,
         augment=dataclasses.replace(run.augment, **given(augment)),
         optim=dataclasses.replace(run.optim, **given(optim)),
         train=dataclasses.replace(run.train, **given(train)),
@@ -378,7 +394,7 @@ def train_model(
     root = jax.random.key(cfg.seed)
 
     data = load_image_splits(run.data, image_shape=tuple(model_config.image_shape), seed=cfg.seed,
-                             num_train=run.num_train, num_val=run.num_val, targets=spec.targets)
+                             num_train=run.num_train, num_val=run.num_val, targets=spec.targets, synth=run.synth)
     if resuming:
         _check_same_data(load_config(out_dir).get("data"), data.description, out_dir)
     num_train = len(data.train["image"])

@@ -19,12 +19,14 @@ import jax
 import numpy as np
 
 from jaxmed.data.preprocess import Preprocessing, load_brain_slices, preprocess_volume
+from jaxmed.data.synth import SynthSource
 
 # Named sources; anything else is taken as a path to DICOM/NIfTI files.
 SOURCES = ("phantoms", "brain-mri")
 
 # Streams of the run seed: the data never share a key with the model.
 _PHANTOM_STREAM = 101
+_SYNTH_STREAM = 102
 
 
 class ImageSplits(NamedTuple):
@@ -61,6 +63,7 @@ def load_image_splits(
     num_val: int = 256,
     num_test: int | None = None,
     targets: tuple[str, ...] = (),
+    synth: SynthSource | None = None,
 ) -> ImageSplits:
     """Loads the training images of a source at the model's image shape.
 
@@ -81,6 +84,9 @@ def load_image_splits(
       targets: per-pixel targets to load beside the images: ``()`` (normal
         images only, for a VAE or autoencoder) or ``("lesion_mask",)``
         (phantoms with lesions in about half of the samples).
+      synth: ``"brain-mri"`` only: synthetic subjects added to the training
+        slices (:class:`jaxmed.data.synth.SynthSource`; drawn from the seed's
+        own stream, at the template's training slice positions).
 
     Returns:
       An :class:`ImageSplits`.
@@ -98,8 +104,10 @@ def load_image_splits(
                          lesions=bool(targets))
     if targets:
         raise ValueError(f"--data {source}: lesion masks come only with --data phantoms")
+    if synth is not None and synth.num_subjects and source != "brain-mri":
+        raise ValueError(f"--data {source}: synthetic subjects come only with --data brain-mri")
     if source == "brain-mri":
-        return _brain_mri(image_shape, test=num_test is not None)
+        return _brain_mri(image_shape, test=num_test is not None, synth=synth, seed=seed)
     if not os.path.exists(source):
         raise ValueError(f"--data {source!r}: not one of {SOURCES} and no such file or folder")
     if num_test is not None:
@@ -136,7 +144,7 @@ def _phantoms(image_shape, *, seed, num_train, num_val, num_test, lesions) -> Im
                        {k: v[num_train:split] for k, v in samples.items()}, test, description, [])
 
 
-def _brain_mri(image_shape, *, test: bool) -> ImageSplits:
+def _brain_mri(image_shape, *, test: bool, synth: SynthSource | None, seed: int) -> ImageSplits:
     h, w, c = image_shape
     if h != w or c != 1:
         raise ValueError(f"brain-mri slices are square and single-channel; the model takes {tuple(image_shape)}")
@@ -145,6 +153,17 @@ def _brain_mri(image_shape, *, test: bool) -> ImageSplits:
     train, val, held_out = (np.asarray(split["image"], np.float32) for split in (splits.train, splits.val, splits.test))
     description = {"source": "brain-mri", "num_train": len(train), "num_val": len(val),
                    "details": splits.description}
+    if synth is not None and synth.num_subjects:
+        from jaxmed.data.synth import load_synth_template, synth_pool
+
+        template = load_synth_template(size=h, orientation=prep.orientation, brain_threshold=prep.brain_threshold,
+                                       margin_mm=prep.margin_mm)
+        key = jax.random.fold_in(jax.random.key(seed), _SYNTH_STREAM)
+        pool = synth_pool(key, template, splits.train["slice_index"], num_subjects=synth.num_subjects,
+                          config=synth.config)
+        train = np.concatenate([train, pool])
+        description.update(num_train=len(train), num_template_train=len(splits.train["image"]),
+                           synth_subjects=synth.num_subjects, synth=dataclasses.asdict(synth.config))
     if test:
         description["num_test"] = len(held_out)
     return ImageSplits({"image": train}, {"image": val}, {"image": held_out} if test else {}, description, [], prep)
