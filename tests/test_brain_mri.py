@@ -107,7 +107,7 @@ def test_display_axes_follow_the_affine():
     affine[2, 1] = 1.0  # axis 1 -> superior
     affine[1, 2] = 0.5  # axis 2 -> posterior
     affine[3, 3] = 1.0
-    out, spacing = brain_mri._display_axes(array, affine, (2.0, 1.0, 0.5), "test")
+    out, spacing = brain_mri.display_axes(array, affine, (2.0, 1.0, 0.5), "test")
     np.testing.assert_array_equal(out, np.transpose(array[::-1], (1, 2, 0)))
     assert spacing == (1.0, 0.5, 2.0)
 
@@ -141,7 +141,7 @@ def test_split_slices_guard_holds_for_gappy_indices(rng):
 
 def test_volume_is_read_once_and_protected():
     path = str(template_path())
-    a, b = brain_mri._read_volume(path), brain_mri._read_volume(path)
+    a, b = brain_mri.read_cached(path), brain_mri.read_cached(path)
     assert a is b
     assert not a.array.flags.writeable
 

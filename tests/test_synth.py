@@ -19,6 +19,7 @@ from numpy.testing import assert_allclose
 from jaxmed.data import synth
 from jaxmed.data.brain_mri import load_brain_mri
 from jaxmed.data.synth import FAMILIES, SynthConfig
+from jaxmed.data.synth.deformation import sample_field
 
 SLICES = jax.jit(synth.synth_slices, static_argnames="config")
 SUBJECT = jax.jit(synth.synth_subject, static_argnames="config")
@@ -105,7 +106,7 @@ def _inverse_residual(nodes_per_sigma, seed):
     n = 10 * nodes_per_sigma
     v = synth.sample_velocity(jax.random.key(seed), (n, n, n), std=0.1 * nodes_per_sigma, smoothness=nodes_per_sigma)
     (u, _), (u_inv, _) = _deform(v), _deform(-v)
-    composed = u_inv + synth._sample(u, _grid((n,) * 3) + u_inv, mode="nearest")
+    composed = u_inv + sample_field(u, _grid((n,) * 3) + u_inv, mode="nearest")
     inner = (slice(2 * nodes_per_sigma, -2 * nodes_per_sigma),) * 3
     return float(jnp.sqrt(jnp.mean(jnp.sum(composed[inner] ** 2, -1)) / jnp.mean(jnp.sum(u[inner] ** 2, -1))))
 

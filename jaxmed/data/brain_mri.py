@@ -66,8 +66,13 @@ __all__ = [
     "ORIENTATIONS",
     "TEMPLATE_FILE",
     "BrainMRISplits",
+    "crop_resize",
+    "display_axes",
     "load_brain_mri",
+    "read_cached",
+    "scale_to_brain",
     "split_slices",
+    "square_window",
     "template_path",
 ]
 
@@ -78,7 +83,7 @@ ATTRIBUTION = (
     "Fonov et al., NeuroImage 54:313-327 (2011) and 47:S102 (2009)"
 )
 
-# Orientation -> axis of the display-ordered volume (see `_display_axes`)
+# Orientation -> axis of the display-ordered volume (see `display_axes`)
 # and whether the slice's rows are flipped to put superior at the top.
 ORIENTATIONS: dict[str, tuple[int, bool]] = {
     "axial": (0, False),
@@ -138,7 +143,7 @@ def template_path() -> pathlib.Path:
 
 
 @functools.lru_cache(maxsize=4)
-def _read_volume(path: str):
+def read_cached(path: str):
     """The decoded volume, once per process (decompressing takes a second)."""
     from jaxmed.io import read_image
 
@@ -147,7 +152,7 @@ def _read_volume(path: str):
     return volume
 
 
-def _display_axes(array: np.ndarray, affine: np.ndarray, spacing, source: str):
+def display_axes(array: np.ndarray, affine: np.ndarray, spacing, source: str):
     """Permutes and flips ``(z, y, x)`` to (inferior->superior, anterior->posterior, right->left).
 
     Each array axis goes to the patient axis its affine column points along
@@ -308,17 +313,17 @@ def load_brain_mri(
         raise ValueError(f"pattern may only name 'train', 'val' and 'test', got {sorted(unknown)}")
     if volume is None:
         path = os.fspath(template_path() if path is None else path)
-        volume = _read_volume(path)
+        volume = read_cached(path)
     elif path is not None:
         raise ValueError("give a path or a volume, not both")
     else:
         if not all(hasattr(volume, a) for a in ("array", "affine", "spacing")):
             raise ValueError(f"volume must be a jaxmed.io.Volume (with an affine), got {type(volume).__name__}")
         path = str(getattr(volume, "source", None) or "volume")
-    array, spacing = _display_axes(volume.array, volume.affine, volume.spacing, path)
+    array, spacing = display_axes(volume.array, volume.affine, volume.spacing, path)
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{path}: volume holds NaN or infinite values")
-    scaled = _scale(array, path)
+    scaled = scale_to_brain(array, path)
     brain = scaled > brain_threshold
 
     axis, flip_rows = ORIENTATIONS[orientation]
@@ -331,9 +336,9 @@ def load_brain_mri(
         raise ValueError(f"{path}: no voxel above brain_threshold={brain_threshold}, no brain to slice")
     slice_index = np.flatnonzero(area >= min_brain_fraction * area.max()).astype(np.int64)
 
-    window, side_mm = _square_window(brain_stack.any(axis=0), in_plane_spacing, margin_mm)
-    images = _crop_resize(stack[slice_index], window, size)
-    masks = _crop_resize(brain_stack[slice_index].astype(np.float32), window, size) >= 0.5
+    window, side_mm = square_window(brain_stack.any(axis=0), in_plane_spacing, margin_mm)
+    images = crop_resize(stack[slice_index], window, size)
+    masks = crop_resize(brain_stack[slice_index].astype(np.float32), window, size) >= 0.5
 
     positions = split_slices(slice_index, block_size=block_size, guard=guard, pattern=pattern)
     splits = {}
@@ -360,7 +365,7 @@ def load_brain_mri(
     return BrainMRISplits(train=splits["train"], val=splits["val"], test=splits["test"], description=description)
 
 
-def _scale(array: np.ndarray, source: str) -> np.ndarray:
+def scale_to_brain(array: np.ndarray, source: str) -> np.ndarray:
     """Maps 0 -> 0 and the 99.5th percentile of the nonzero voxels -> 1, clipped to ``[0, 1]``."""
     foreground = array[array > 0]
     if foreground.size == 0:
@@ -369,7 +374,7 @@ def _scale(array: np.ndarray, source: str) -> np.ndarray:
     return np.clip(array / np.float32(top), 0.0, 1.0).astype(np.float32)
 
 
-def _square_window(brain: np.ndarray, spacing, margin_mm: float):
+def square_window(brain: np.ndarray, spacing, margin_mm: float):
     """A window square in mm around the brain's 2D bounding box.
 
     Returns:
@@ -385,7 +390,7 @@ def _square_window(brain: np.ndarray, spacing, margin_mm: float):
     return (start, length), float(side_mm)
 
 
-def _crop_resize(stack: np.ndarray, window, size: int) -> np.ndarray:
+def crop_resize(stack: np.ndarray, window, size: int) -> np.ndarray:
     """Crops ``[N, H, W]`` to the window (zero outside the array) and resizes to ``[N, size, size]``."""
     (start_h, start_w), (length_h, length_w) = window
     n, h, w = stack.shape
