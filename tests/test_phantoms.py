@@ -146,8 +146,8 @@ def test_config_validation(changes, message):
 def test_config_is_hashable_and_registry_explicit():
     assert hash(MRIPhantomConfig(shape=[32, 32])) == hash(MRIPhantomConfig(shape=(32, 32)))
     assert PHANTOMS["mri"].config is MRIPhantomConfig and PHANTOMS["mri"].sample is sample_mri
-    with pytest.raises(ValueError, match="unknown phantom kind 'chest'"):
-        make_dataset(jax.random.key(0), 2, kind="chest")
+    with pytest.raises(ValueError, match="unknown phantom kind 'ultrasound'"):
+        make_dataset(jax.random.key(0), 2, kind="ultrasound")
     with pytest.raises(ValueError, match="takes a MRIPhantomConfig"):
         make_dataset(jax.random.key(0), 2, config={"shape": (32, 32)})
     with pytest.raises(ValueError, match="n and chunk_size"):

@@ -1,4 +1,4 @@
-"""jaxmed.io: images in. DICOM files, multi-frame files and series, and NIfTI.
+"""jaxmed.io: images in (DICOM files, multi-frame files and series, NIfTI) and out (`write_dicom_series`, `write_nifti`).
 
 Every reader returns a `Volume`: a float32 ``(z, y, x)`` array of modality
 values (higher is brighter; MONOCHROME1 inverted), or ``(z, y, x, 3)`` RGB for
@@ -17,6 +17,7 @@ from jaxmed.io.nifti import read_nifti
 from jaxmed.io.read import read_image
 from jaxmed.io.series import list_series, read_series
 from jaxmed.io.volume import ImageReadError, ReadProblem, UnknownSpacingWarning, Volume, to_greyscale
+from jaxmed.io.write import write_dicom_series, write_nifti
 
 __all__ = [
     "ImageReadError",
@@ -34,4 +35,6 @@ __all__ = [
     "read_nifti",
     "read_series",
     "to_greyscale",
+    "write_dicom_series",
+    "write_nifti",
 ]

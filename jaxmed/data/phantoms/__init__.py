@@ -9,11 +9,19 @@ Kinds:
 
 * ``"mri"`` (:mod:`jaxmed.data.phantoms.mri`): multi-contrast pelvic MRI
   (T2, ADC, high-b DWI) with lesions, 2D or 3D.
+* ``"chest"`` (:mod:`jaxmed.data.phantoms.chest`): PA chest radiographs at
+  full resolution (1024 or 2048 pixels) with lung, heart and finding masks
+  and a structured truth record (`chest_truth`).
+* ``"mri_exam"`` (:mod:`jaxmed.data.phantoms.exams`): 3D mpMRI exams as
+  acquired at a site (`SITES`): T2, ADC and DWI each on its own grid with
+  its affine, misregistered, with lesion grades and a lesion label map
+  (`exam_truth`, `write_exam`).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -21,17 +29,56 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmed.data.phantoms.mri import CONTRASTS, TISSUES, MRIPhantomConfig, Tissue, sample_mri
+from jaxmed.data.phantoms.chest import (
+    FINDING_TYPES,
+    LUNGS,
+    REGIONS,
+    ZONES,
+    ChestPhantomConfig,
+    FindingSpec,
+    chest_truth,
+    sample_chest,
+)
+from jaxmed.data.phantoms.exams import SITES, ExamConfig, SiteProfile, exam_truth, sample_exam, write_exam
+from jaxmed.data.phantoms.mri import (
+    CONTRASTS,
+    EXAM_TISSUES,
+    TISSUES,
+    MRIPhantomConfig,
+    PatientConfig,
+    Tissue,
+    lesion_grade,
+    sample_mri,
+    sample_patient,
+)
 
 __all__ = [
     "CONTRASTS",
+    "EXAM_TISSUES",
+    "FINDING_TYPES",
+    "LUNGS",
     "PHANTOMS",
+    "REGIONS",
+    "SITES",
     "TISSUES",
+    "ZONES",
+    "ChestPhantomConfig",
+    "ExamConfig",
+    "FindingSpec",
     "MRIPhantomConfig",
+    "PatientConfig",
     "PhantomKind",
+    "SiteProfile",
     "Tissue",
+    "chest_truth",
+    "exam_truth",
+    "lesion_grade",
     "make_dataset",
+    "sample_chest",
+    "sample_exam",
     "sample_mri",
+    "sample_patient",
+    "write_exam",
 ]
 
 
@@ -44,10 +91,20 @@ class PhantomKind(NamedTuple):
 
 PHANTOMS: dict[str, PhantomKind] = {
     "mri": PhantomKind(config=MRIPhantomConfig, sample=sample_mri),
+    "chest": PhantomKind(config=ChestPhantomConfig, sample=sample_chest),
+    "mri_exam": PhantomKind(config=ExamConfig, sample=sample_exam),
 }
 
+# Default chunks hold about this many bytes of samples (a chunk's
+# intermediates are a few times more): 512 MRI slices of 64x64, or 12 chest
+# radiographs of 1024x1024, 3 of 2048x2048.
+_CHUNK_BYTES = 128 << 20
+_MAX_CHUNK = 512
 
-def make_dataset(key: jax.Array, n: int, *, kind: str = "mri", config=None, chunk_size: int = 512) -> dict[str, np.ndarray]:
+
+def make_dataset(
+    key: jax.Array, n: int, *, kind: str = "mri", config=None, chunk_size: int | None = None
+) -> dict[str, np.ndarray]:
     """Draws ``n`` phantoms of one kind, as host arrays.
 
     Sample ``i`` is ``PHANTOMS[kind].sample(jax.random.fold_in(key, i),
@@ -62,7 +119,9 @@ def make_dataset(key: jax.Array, n: int, *, kind: str = "mri", config=None, chun
         kind: a key of `PHANTOMS`.
         config: an instance of ``PHANTOMS[kind].config``; None uses its
             defaults.
-        chunk_size: samples generated per vectorised chunk.
+        chunk_size: samples generated per vectorised chunk; None: as many
+            as fit in about 128 MiB of output (at least 1, at most 512), so
+            that full-resolution radiographs stay within memory.
 
     Returns:
         The sampler's dict with a leading axis of ``n`` on every array (numpy).
@@ -81,15 +140,30 @@ def make_dataset(key: jax.Array, n: int, *, kind: str = "mri", config=None, chun
     config = entry.config() if config is None else config
     if not isinstance(config, entry.config):
         raise ValueError(f"phantom kind {kind!r} takes a {entry.config.__name__}, got {type(config).__name__}")
+    if chunk_size is None:
+        chunk_size = _default_chunk_size(entry.sample, config)
     if n < 1 or chunk_size < 1:
         raise ValueError(f"n and chunk_size must be >= 1, got n={n}, chunk_size={chunk_size}")
     size = min(chunk_size, n)
-    chunks = []
+    out = None
     for start in range(0, n, size):
         # The last chunk is drawn whole and cut: one compiled shape for all.
         chunk = _sample_chunk(key, start, sample=entry.sample, config=config, size=size)
-        chunks.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[: n - start], chunk))
-    return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *chunks)
+        if out is None:
+            out = jax.tree_util.tree_map(lambda a: np.empty((n, *a.shape[1:]), a.dtype), chunk)
+        # Copied into the result as it comes, so that the chunk's buffers are
+        # freed for the next one (fresh pages cost more than the copy).
+        count = min(size, n - start)
+        jax.tree_util.tree_map(lambda o, a: o.__setitem__(slice(start, start + count), np.asarray(a)[:count]), out, chunk)
+        del chunk
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _default_chunk_size(sample, config) -> int:
+    shapes = jax.eval_shape(functools.partial(sample, config=config), jax.random.key(0))
+    per_sample = sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree_util.tree_leaves(shapes))
+    return int(min(_MAX_CHUNK, max(1, _CHUNK_BYTES // max(per_sample, 1))))
 
 
 @functools.partial(jax.jit, static_argnames=("sample", "config", "size"))
