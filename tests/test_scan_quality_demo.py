@@ -25,9 +25,10 @@ from jaxmed.tasks.scan_quality import (
     subset_indices,
 )
 
-FILES = ("results.csv", "results.json", "summary.json", "roc_vae.png", "roc_pca.png",
+FILES = ("results.csv", "results.json", "summary.json", "roc_template.png", "roc_new_subjects.png", "roc_pca.png",
          "score_histograms.png", "image_grid.png", "loss_curve.png")
-CHECKPOINT_FILES = ("config.json", "preprocess.json", "calibration.json", "metrics.jsonl")
+CHECKPOINT_FILES = ("config.json", "preprocess.json", "calibration.json", "metrics.jsonl",
+                    "background/config.json", "background/metrics.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -57,40 +58,75 @@ def test_demo_writes_its_outputs(demo_run):
     assert summary["table"] in printed
     for artefact in DemoConfig().artefacts:
         assert artefact in printed
+    # The training set: the template's slices and the synthetic subjects' at the same levels.
+    config = json.loads((out / "checkpoint" / "config.json").read_text())
+    assert config["data"]["synth_subjects"] == 4 and config["data"]["num_train"] == 5 * 71
+    assert json.loads((out / "checkpoint" / "background" / "config.json").read_text())["run"]["augment"][
+        "mutation_rate"] == 0.2
+
+
+def _rows(out):
+    with open(out / "results.csv") as f:
+        return list(csv.DictReader(f))
 
 
 def test_demo_aurocs_match_sklearn_and_beat_chance(demo_run):
     out, _ = demo_run
     summary = json.loads((out / "summary.json").read_text())
-    with open(out / "results.csv") as f:
-        rows = list(csv.DictReader(f))
-    groups = np.array([r["group"] for r in rows])
-    labels = np.array([int(r["label"]) for r in rows])
-    assert np.array_equal(labels, groups != "normal")
-    columns = {"VAE IS": -np.array([float(r["log_px_importance"]) for r in rows]),
-               "PCA(20)": np.array([float(r["pca_error"]) for r in rows])}
-    for method, scores in columns.items():
-        for artefact, entry in summary["auroc"][method].items():
-            rows_in = (groups == "normal") | (groups == artefact)
-            assert entry["auroc"] == pytest.approx(roc_auc_score(labels[rows_in], scores[rows_in]), abs=1e-6)
-            assert entry["low"] <= entry["auroc"] <= entry["high"]
+    rows = _rows(out)
+    assert {r["set"] for r in rows} == {"template", "new subject 1", "new subject 2"}
+
+    def columns(rows):
+        return {"log p(x)": -np.array([float(r["log_px"]) for r in rows]),
+                "complexity": -np.array([float(r["complexity"]) for r in rows]),
+                "LR": -np.array([float(r["likelihood_ratio"]) for r in rows]),
+                "PCA(20)": np.array([float(r["pca_error"]) for r in rows])}
+
+    def check(rows, table):
+        groups = np.array([r["group"] for r in rows])
+        labels = np.array([int(r["label"]) for r in rows])
+        assert np.array_equal(labels, groups != "normal")
+        out = {}
+        for method, scores in columns(rows).items():
+            out[method] = {}
+            for artefact in DemoConfig().artefacts:
+                rows_in = (groups == "normal") | (groups == artefact)
+                out[method][artefact] = roc_auc_score(labels[rows_in], scores[rows_in])
+                if table is not None:
+                    entry = table[method][artefact]
+                    assert entry["auroc"] == pytest.approx(out[method][artefact], abs=1e-6)
+                    assert entry["low"] <= entry["auroc"] <= entry["high"]
+        return out
+
+    check([r for r in rows if r["set"] == "template"], summary["auroc"])
+    # New subjects: each subject's corrupted slices against its own clean ones, then the mean.
+    per_subject = [check([r for r in rows if r["set"] == f"new subject {s}"], None) for s in (1, 2)]
+    for method, entries in summary["auroc_new_subjects"].items():
+        if method in per_subject[0]:
+            for artefact, entry in entries.items():
+                values = [p[method][artefact] for p in per_subject]
+                assert entry["auroc"] == pytest.approx(np.mean(values), abs=1e-6)
+                assert entry["low"] == pytest.approx(min(values)) and entry["high"] == pytest.approx(max(values))
     # Even the quick run tells strong artefacts from normal slices.
     for artefact in ("noise", "spike"):
-        assert summary["auroc"]["VAE IS"][artefact]["auroc"] > 0.5
+        assert summary["auroc"]["log p(x)"][artefact]["auroc"] > 0.5
         assert summary["auroc"]["PCA(20)"][artefact]["auroc"] > 0.5
 
 
 def test_demo_decisions_follow_the_stored_threshold(demo_run):
     out, _ = demo_run
     calibration = json.loads((out / "checkpoint" / "calibration.json").read_text())
-    threshold = calibration["calibration"]["threshold"]
-    reference = np.asarray(calibration["calibration"]["reference_scores"])
-    # The threshold is the floor(fpr * n)-th smallest validation score.
+    decide = calibration["score"]["score"]
+    assert decide == DemoConfig().decision_score
+    assert sorted(calibration["calibrations"]) == ["complexity", "likelihood_ratio", "log_px"]
+    threshold = calibration["calibrations"][decide]["threshold"]
+    reference = np.asarray(calibration["calibrations"][decide]["reference_scores"])
+    # 21 template validation slices and 2 held-out synthetic subjects at those levels; the
+    # threshold is the floor(fpr * n)-th smallest of their scores.
+    assert reference.size == 3 * 21
     assert threshold == reference[int(np.floor(0.05 * reference.size))]
-    with open(out / "results.csv") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        score = float(r["log_px_importance"])
+    for r in _rows(out):
+        score = float(r[decide])
         assert r["decision"] == ("normal" if score >= threshold else "abnormal")
         assert float(r["p_value"]) == pytest.approx((1 + np.sum(reference <= score)) / (reference.size + 1))
 

@@ -16,11 +16,18 @@ Modules, each one idea:
   ``calibration.json``);
 * ``files``: scoring and calibrating DICOM/NIfTI files into a table
   (``jaxmed score``, ``jaxmed calibrate``);
-* ``config``, ``test_set``, ``evaluation``, ``outputs``, ``study``: the
-  study that ``jaxmed demo`` runs (:func:`run_demo`).
+* ``config``, ``subjects``, ``test_set``, ``evaluation``, ``outputs``,
+  ``study``: the study that ``jaxmed demo`` runs (:func:`run_demo`).
 """
 
-from jaxmed.tasks.scan_quality.config import DATA_SOURCES, QUICK, DemoConfig, demo_config, run_config
+from jaxmed.tasks.scan_quality.config import (
+    DATA_SOURCES,
+    QUICK,
+    DemoConfig,
+    background_run_config,
+    demo_config,
+    run_config,
+)
 from jaxmed.tasks.scan_quality.decision import (
     Calibration,
     Decisions,
@@ -36,8 +43,10 @@ from jaxmed.tasks.scan_quality.evaluation import (
     calibrate_on_validation,
     format_auroc_table,
     learned_noise_scale,
+    mean_auroc_table,
     pca_scores,
     reconstruct,
+    score_all,
     score_specs,
     score_test_set,
 )
@@ -59,13 +68,23 @@ from jaxmed.tasks.scan_quality.scores import (
     normality_scores,
     score_images,
 )
-from jaxmed.tasks.scan_quality.study import CHECKPOINT_DIR, DemoData, load_demo_data, run_demo, train_vae
+from jaxmed.tasks.scan_quality.study import (
+    CHECKPOINT_DIR,
+    COLUMNS,
+    DemoData,
+    load_demo_data,
+    run_demo,
+    train_background,
+    train_vae,
+)
+from jaxmed.tasks.scan_quality.subjects import HeldOutSubjects, held_out_subjects
 from jaxmed.tasks.scan_quality.test_set import TestSet, make_test_set, subset_indices
 
 __all__ = [
     "BACKGROUND_DIR",
     "CALIBRATION_FILE",
     "CHECKPOINT_DIR",
+    "COLUMNS",
     "DATA_SOURCES",
     "QUICK",
     "ROW_FIELDS",
@@ -75,6 +94,7 @@ __all__ = [
     "Decisions",
     "DemoConfig",
     "DemoData",
+    "HeldOutSubjects",
     "ScoreSpec",
     "ScoreTable",
     "Scorer",
@@ -82,6 +102,7 @@ __all__ = [
     "TrainedVAE",
     "anomaly_scores",
     "auroc_table",
+    "background_run_config",
     "calibrate",
     "calibrate_on_validation",
     "calibrate_paths",
@@ -89,12 +110,14 @@ __all__ = [
     "classify",
     "demo_config",
     "format_auroc_table",
+    "held_out_subjects",
     "learned_noise_scale",
     "load_calibration",
     "load_demo_data",
     "load_scorer",
     "make_score_fn",
     "make_test_set",
+    "mean_auroc_table",
     "normality_scores",
     "pca_scores",
     "reconstruct",
@@ -102,10 +125,12 @@ __all__ = [
     "run_demo",
     "save_calibration",
     "score_images",
+    "score_all",
     "score_paths",
     "score_specs",
     "score_test_set",
     "subset_indices",
+    "train_background",
     "train_vae",
     "two_sided_anomaly_scores",
     "write_figures",

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from jaxmed.data.augmentation import AugmentConfig
+from jaxmed.data.synth import SynthSource
 
-__all__ = ["DATA_SOURCES", "QUICK", "DemoConfig", "demo_config", "run_config"]
+__all__ = ["DATA_SOURCES", "QUICK", "DemoConfig", "background_run_config", "demo_config", "run_config"]
 
 DATA_SOURCES = ("brain-mri", "phantoms")
 
@@ -56,7 +57,25 @@ class DemoConfig:
       augment: random shifts, left-right flips and intensity scaling of the
         training slices, drawn per step by the training engine
         (:class:`jaxmed.data.AugmentConfig`; ``AugmentConfig()`` for none).
-        The training set is one template, ~70 slices.
+      synth: brain-mri only: synthetic subjects added to the template's ~70
+        training slices (:class:`jaxmed.data.synth.SynthSource`: deformed,
+        re-contrasted, biased, blurred and noisy versions of the template at
+        its training slice levels), so that what the model calls normal
+        holds across subjects and scanners, not only for the template.
+        ``SynthSource()`` for none.
+      background_mutation: the background model for the likelihood-ratio
+        score is the same VAE trained on inputs with this fraction of pixels
+        replaced by uniform noise (Ren et al. 2019); 0 = no background model
+        and no likelihood-ratio score.
+      background_steps: its optimiser steps (None: ``steps``).
+      calibration_subjects: brain-mri only: held-out synthetic subjects (at
+        the validation slice levels) that calibrate the shipped thresholds
+        with the template's validation slices.
+      new_subjects: brain-mri only: held-out synthetic subjects (at the test
+        slice levels), clean and corrupted: the "new subject" table.
+      decision_score: the score that decides (a key of
+        :data:`jaxmed.tasks.scan_quality.SCORES`), stored with the
+        calibration as ``jaxmed score``'s default.
       eval_every: validation loss every this many steps (0: at the end).
       devices: data-parallel devices (None: all).
       num_phantoms: phantoms only: ``(train, val, test)`` image counts.
@@ -89,6 +108,12 @@ class DemoConfig:
     noise_scale_lr_factor: float = 30.0
     min_noise_std: float = 1e-3
     augment: AugmentConfig = AugmentConfig(max_shift=2, flip_probability=0.5, intensity_range=(0.9, 1.1))
+    synth: SynthSource = SynthSource(num_subjects=48)
+    background_mutation: float = 0.2
+    background_steps: int | None = None
+    calibration_subjects: int = 6
+    new_subjects: int = 4
+    decision_score: str = "complexity"
     eval_every: int = 250
     devices: int | None = 1
     num_phantoms: tuple[int, int, int] = (512, 64, 64)
@@ -117,6 +142,20 @@ class DemoConfig:
         object.__setattr__(self, "artefacts", tuple(self.artefacts))
         if isinstance(self.augment, Mapping):
             object.__setattr__(self, "augment", AugmentConfig(**self.augment))
+        if isinstance(self.synth, Mapping):
+            object.__setattr__(self, "synth", SynthSource(**self.synth))
+        from jaxmed.tasks.scan_quality.scores import SCORES
+
+        if self.decision_score not in SCORES:
+            raise ValueError(f"decision_score must be one of {SCORES}, got {self.decision_score!r}")
+        if self.decision_score == "likelihood_ratio" and not self.background_mutation:
+            raise ValueError("the likelihood-ratio decision score needs a background model (background_mutation > 0)")
+        if not 0.0 <= self.background_mutation < 1.0:
+            raise ValueError(f"background_mutation must be in [0, 1), got {self.background_mutation}")
+        if self.background_steps is not None and self.background_steps < 1:
+            raise ValueError(f"background_steps must be >= 1 or None, got {self.background_steps}")
+        if self.calibration_subjects < 0 or self.new_subjects < 0:
+            raise ValueError("calibration_subjects and new_subjects must be >= 0")
         object.__setattr__(self, "num_phantoms", tuple(int(v) for v in self.num_phantoms))
         object.__setattr__(self, "mcmc", dict(self.mcmc))
         object.__setattr__(self, "ais", dict(self.ais))
@@ -166,7 +205,8 @@ class DemoConfig:
 QUICK: dict[str, Any] = {
     "preset": "small32", "steps": 150, "warmup_steps": 20, "learning_rate": 3e-3, "eval_every": 0,
     "num_phantoms": (256, 32, 32), "num_samples": 16, "chunk_size": None, "subset_per_group": 0,
-    "num_bootstrap": 200,
+    "num_bootstrap": 200, "synth": SynthSource(num_subjects=4), "background_steps": 50,
+    "calibration_subjects": 2, "new_subjects": 2,
 }
 
 
@@ -182,8 +222,8 @@ def run_config(config: DemoConfig):
     Adam with a linear warm-up and cosine decay to 5% of the peak; the
     decoder's learned noise scale (``params/log_scale``) at
     ``noise_scale_lr_factor`` times the rate; the study's likelihood and noise
-    floor as model options; augmentation drawn per step; one checkpoint, at
-    the end.
+    floor as model options; augmentation drawn per step; the synthetic
+    subjects (brain-mri only); one checkpoint, at the end.
     """
     from jaxmed.losses import VAELossConfig
     from jaxmed.models.vae import LEARNED_SCALE_LIKELIHOODS
@@ -195,9 +235,22 @@ def run_config(config: DemoConfig):
         data=config.data, model="vae", preset=config.preset,
         model_options=(("likelihood", config.likelihood), ("min_scale", config.min_noise_std)),
         loss=VAELossConfig(beta=config.beta), num_train=n_train, num_val=n_val, augment=config.augment,
+        synth=config.synth if config.data == "brain-mri" else SynthSource(),
         optim=OptimConfig(learning_rate=config.learning_rate, schedule="warmup-cosine",
                           warmup_steps=config.warmup_steps, final_lr_fraction=0.05,
                           lr_factors=(("params/log_scale", config.noise_scale_lr_factor),) if learned else ()),
         train=TrainConfig(steps=config.steps, batch_size=config.batch_size, seed=config.seed, log_every=10,
                           eval_every=config.eval_every, checkpoint_every=0, keep=1, devices=config.devices),
     )
+
+
+def background_run_config(config: DemoConfig):
+    """The run that trains the background model: the study's, on mutated inputs (Ren et al. 2019)."""
+    import dataclasses as dc
+
+    run = run_config(config)
+    steps = config.background_steps or config.steps
+    warmup = min(config.warmup_steps, steps // 10)
+    return dc.replace(run, augment=dc.replace(run.augment, mutation_rate=config.background_mutation),
+                      optim=dc.replace(run.optim, warmup_steps=warmup),
+                      train=dc.replace(run.train, steps=steps, eval_every=0))

@@ -7,7 +7,7 @@ abnormal), with stratified bootstrap intervals from :mod:`jaxmed.metrics`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,7 +22,7 @@ from jaxmed.models.vae import LEARNED_SCALE_LIKELIHOODS
 from jaxmed.tasks.scan_quality.config import DemoConfig
 from jaxmed.tasks.scan_quality.decision import calibrate
 from jaxmed.tasks.scan_quality.scorer import save_calibration
-from jaxmed.tasks.scan_quality.scores import ScoreSpec, score_images
+from jaxmed.tasks.scan_quality.scores import ScoreSpec, normality_scores, score_images
 from jaxmed.tasks.scan_quality.test_set import TestSet
 
 __all__ = [
@@ -33,6 +33,8 @@ __all__ = [
     "learned_noise_scale",
     "pca_scores",
     "reconstruct",
+    "mean_auroc_table",
+    "score_all",
     "score_specs",
     "score_test_set",
 ]
@@ -118,6 +120,28 @@ def score_test_set(
         out[name] = score_images(key, trained.model, trained.params, images, spec=spec, indices=indices,
                                  progress=progress, desc=f"scoring ({name})")
     return out
+
+
+def score_all(
+    trained: TrainedVAE,
+    images: np.ndarray,
+    *,
+    spec: ScoreSpec,
+    background: TrainedVAE | None = None,
+    indices: np.ndarray | None = None,
+    progress: bool = False,
+    desc: str = "scoring",
+) -> dict[str, np.ndarray]:
+    """Every score of :data:`~jaxmed.tasks.scan_quality.scores.SCORES` that applies (higher = more normal).
+
+    :func:`~jaxmed.tasks.scan_quality.scores.normality_scores` with the
+    study's keys: image ``i`` is scored with ``fold_in(fold_in(key(spec.seed),
+    5), indices[i])``, by the VAE and its background model alike.
+    """
+    key = jax.random.fold_in(jax.random.key(spec.seed), _SCORE)
+    bg = None if background is None else (background.model, background.params)
+    return normality_scores(key, trained.model, trained.params, images, spec=spec, background=bg,
+                            indices=indices, progress=progress, desc=desc)
 
 
 def calibrate_on_validation(
@@ -214,6 +238,25 @@ def auroc_table(
                 "num_normal": int(normal.sum()), "num_corrupted": int((test.groups == artefact).sum()),
             }
     return table
+
+
+def mean_auroc_table(tables: Sequence[Mapping[str, Mapping[str, Mapping[str, float]]]]) -> dict[str, Any]:
+    """The mean of several subjects' :func:`auroc_table` s, with the lowest and highest subject's AUROC.
+
+    Returns:
+      ``{method: {artefact: {"auroc": mean, "low": min, "high": max,
+      "num_subjects", "per_subject": [...]}}}`` (``format_auroc_table``
+      prints it; its ``intervals`` are then the range over subjects).
+    """
+    out: dict[str, Any] = {}
+    for method in tables[0]:
+        out[method] = {}
+        for artefact in tables[0][method]:
+            values = [t[method][artefact]["auroc"] for t in tables]
+            out[method][artefact] = {"auroc": float(np.mean(values)), "low": float(np.min(values)),
+                                     "high": float(np.max(values)), "num_subjects": len(values),
+                                     "per_subject": values}
+    return out
 
 
 def format_auroc_table(table: Mapping[str, Mapping[str, Mapping[str, float]]], *, intervals: bool = False) -> str:

@@ -1,22 +1,31 @@
 """The scan-quality study on real brain MRI, end to end: ``jaxmed demo``.
 
 The study: a VAE learns what normal axial slices of the MNI152 brain template
-look like; held-out normal slices, and copies of them corrupted by simulated
-k-space artefacts (:mod:`jaxmed.data.artefacts`: noise, ghosting, motion,
-blur, bias field, spike), are scored by their estimated log p(x); each
-artefact is told from normal by AUROC, beside a PCA reconstruction-error
-baseline fitted on the same training slices.
+look like, and, through synthetic subjects made from it (deformations,
+contrast, bias fields, resolution, noise: :mod:`jaxmed.data.synth`), what
+normal slices of other heads and scanners look like; a background model is
+the same VAE trained on randomly mutated inputs. Normal slices, and copies of
+them corrupted by simulated k-space artefacts (:mod:`jaxmed.data.artefacts`:
+noise, ghosting, motion, blur, bias field, spike), are scored by their
+estimated log p(x), its complexity-corrected form and the likelihood ratio
+(:mod:`jaxmed.tasks.scan_quality.scores`); each artefact is told from normal
+by AUROC, beside a PCA reconstruction-error baseline, twice: on the
+template's held-out slices (in distribution) and on held-out synthetic
+subjects, each against its own clean slices (new subjects). The shipped
+thresholds are calibrated on the template's validation slices and on other
+held-out synthetic subjects.
 
 Each step is a public function of this package; :func:`run_demo` chains them,
 and ``experiments/brain_mri_anomaly.py`` shows how to fork the study::
 
     data = load_demo_data(config)                   # train / val / test slices
     trained = train_vae(config, run_dir)            # jaxmed.train.train_model: a checkpoint folder
+    subjects = held_out_subjects(config)            # synthetic subjects never trained on
     test = make_test_set(key, data.test, artefacts=config.artefacts, severity=config.severity)
-    specs = score_specs(config)                     # importance, match, mcmc, ais
-    scores = score_test_set(trained, test.images, specs={"importance": specs["importance"]})
+    spec = score_specs(config)["importance"]
+    scores = score_all(trained, test.images, spec=spec)   # log_px, complexity
     pca = pca_scores(data.train, test.images, num_components=20)
-    table = auroc_table(key, {"VAE IS": -scores["importance"], "PCA": pca}, test)
+    table = auroc_table(key, {"complexity": -scores["complexity"], "PCA": pca}, test)
     print(format_auroc_table(table))
 
 Score conventions follow :mod:`jaxmed.tasks.scan_quality.decision`
@@ -26,6 +35,7 @@ Score conventions follow :mod:`jaxmed.tasks.scan_quality.decision`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -37,7 +47,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from jaxmed.tasks.scan_quality.config import DemoConfig, run_config
+from jaxmed.tasks.scan_quality.config import DemoConfig, background_run_config, run_config
 from jaxmed.tasks.scan_quality.decision import anomaly_scores, classify, two_sided_anomaly_scores
 from jaxmed.tasks.scan_quality.evaluation import (
     TrainedVAE,
@@ -45,20 +55,29 @@ from jaxmed.tasks.scan_quality.evaluation import (
     calibrate_on_validation,
     format_auroc_table,
     learned_noise_scale,
+    mean_auroc_table,
     pca_scores,
     reconstruct,
+    score_all,
     score_specs,
     score_test_set,
 )
 from jaxmed.tasks.scan_quality.outputs import write_figures, write_results
+from jaxmed.tasks.scan_quality.scorer import BACKGROUND_DIR
+from jaxmed.tasks.scan_quality.subjects import HeldOutSubjects, held_out_subjects
 from jaxmed.tasks.scan_quality.test_set import TestSet, make_test_set, subset_indices
 
-__all__ = ["CHECKPOINT_DIR", "DemoData", "load_demo_data", "run_demo", "train_vae"]
+__all__ = ["CHECKPOINT_DIR", "COLUMNS", "DemoData", "load_demo_data", "run_demo", "train_background", "train_vae"]
 
 CHECKPOINT_DIR = "checkpoint"
 
 # Streams of the study's seed (jax.random.fold_in) beside the training run's own.
 _TEST_SET, _BOOTSTRAP = 4, 6
+# Key indices of the scored images: each set its own range (image i of a set: offset + i).
+_VAL_OFFSET, _CALIBRATION_OFFSET, _NEW_OFFSET = 10**6, 2 * 10**6, 3 * 10**6
+
+# Table column of each VAE score (jaxmed.tasks.scan_quality.SCORES).
+COLUMNS = {"log_px": "log p(x)", "complexity": "complexity", "likelihood_ratio": "LR"}
 
 
 class DemoData(NamedTuple):
@@ -117,14 +136,25 @@ def train_vae(config: DemoConfig, run_dir: str | os.PathLike, *, progress: bool 
     Returns:
       A :class:`~jaxmed.tasks.scan_quality.evaluation.TrainedVAE`.
     """
+    return _train(run_config(config), run_dir, progress=progress)
+
+
+def train_background(config: DemoConfig, run_dir: str | os.PathLike, *, progress: bool = True) -> TrainedVAE:
+    """Trains the background model (the study's VAE on mutated inputs) into ``run_dir``.
+
+    ``CHECKPOINT/background`` is where :func:`~jaxmed.tasks.scan_quality.load_scorer`
+    finds it for likelihood-ratio scores.
+    """
+    return _train(background_run_config(config), run_dir, progress=progress)
+
+
+def _train(run, run_dir, *, progress: bool) -> TrainedVAE:
+    from jaxmed.models import VAE
     from jaxmed.train import train_model
 
     t0 = time.perf_counter()
-    run = run_config(config)
     result, _ = train_model(run, run_dir, progress=progress)
     params = jax.device_put(result.state.params, jax.local_devices()[0])
-    from jaxmed.models import VAE
-
     return TrainedVAE(VAE(run.model_config), params, result.records, Path(run_dir), time.perf_counter() - t0)
 
 
@@ -149,74 +179,89 @@ def _load_average() -> list[float] | None:
         return None
 
 
-class _Scores(NamedTuple):
-    """Scores of one study run (normality: higher = more normal)."""
+class _Sets(NamedTuple):
+    """The scored test sets: the template's held-out slices, and each new subject's."""
 
-    val: np.ndarray  # [n_val] importance scores of the validation slices
-    test: dict[str, np.ndarray]  # "importance", "match": [N] over the test set
-    subset_rows: np.ndarray  # rows of the test set scored by MCMC and AIS too
-    subset: dict[str, np.ndarray]  # "mcmc", "ais": [len(subset_rows)]
+    template: TestSet
+    new: list[TestSet]
 
 
-def _score(config: DemoConfig, trained: TrainedVAE, data: DemoData, test: TestSet, *, progress: bool,
-           say: Callable[[str], None]) -> _Scores:
-    specs = score_specs(config)
-    n_val = len(data.val)
-    say(f"scoring {n_val} validation and {len(test.labels)} test slices by importance sampling "
-        f"({config.num_samples} samples) and the match score")
-    # Validation and test slices in one stream (one compiled batch shape);
-    # offset indices give the validation slices keys of their own.
-    both = score_test_set(trained, np.concatenate([data.val, test.images]),
-                          specs={k: specs[k] for k in ("importance", "match")},
-                          indices=np.concatenate([10**6 + np.arange(n_val), np.arange(len(test.labels))]),
-                          progress=progress)
+def _test_sets(config: DemoConfig, data: DemoData, subjects: HeldOutSubjects | None) -> _Sets:
+    key = jax.random.fold_in(jax.random.key(config.seed), _TEST_SET)
+
+    def corrupt(k, clean):
+        return make_test_set(k, clean, artefacts=config.artefacts, severity=config.severity, copies=config.copies)
+
+    new = [] if subjects is None else [corrupt(jax.random.fold_in(key, s + 1), clean)
+                                       for s, clean in enumerate(subjects.new)]
+    return _Sets(corrupt(key, data.test), new)
+
+
+def _anomaly(config: DemoConfig, scores: dict[str, np.ndarray], reference: np.ndarray, pca: np.ndarray,
+             match: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Each method's anomaly scores (higher = more abnormal), in the tables' column order."""
+    out = {f"PCA({config.pca_components})": pca}
+    out.update({COLUMNS[k]: anomaly_scores(v) for k, v in scores.items()})
+    out["log p two-sided"] = two_sided_anomaly_scores(scores["log_px"], reference)
+    if match is not None:
+        out["match"] = anomaly_scores(match)
+    return out
+
+
+def _subset_tables(key: jax.Array, config: DemoConfig, trained: TrainedVAE, test: TestSet, importance: np.ndarray,
+                   *, progress: bool, say: Callable[[str], None]) -> tuple[dict, dict, dict]:
+    """MCMC and AIS on a subset: their AUROCs beside importance sampling's, and how far apart they lie."""
     rows = subset_indices(test, per_group=config.subset_per_group)
-    subset: dict[str, np.ndarray] = {}
-    if len(rows):
-        say(f"scoring a subset of {len(rows)} slices by MCMC and AIS")
-        subset = score_test_set(trained, test.images[rows], specs={k: specs[k] for k in ("mcmc", "ais")},
-                                progress=progress)
-    return _Scores(both["importance"][:n_val], {k: v[n_val:] for k, v in both.items()}, rows, subset)
-
-
-def _subset_tables(key: jax.Array, config: DemoConfig, scores: _Scores, test: TestSet) -> tuple[dict, dict]:
-    """AUROCs of the estimators on the subset, and how far MCMC and AIS lie from importance sampling."""
-    rows = scores.subset_rows
     if not len(rows):
-        return {}, {}
-    importance = scores.test["importance"][rows]
-    anomaly = {"VAE IS": anomaly_scores(importance), "VAE MCMC": anomaly_scores(scores.subset["mcmc"]),
-               "VAE AIS": anomaly_scores(scores.subset["ais"])}
+        return {}, {}, {"rows": rows}
+    specs = score_specs(config)
+    say(f"scoring a subset of {len(rows)} slices by MCMC and AIS")
+    subset = score_test_set(trained, test.images[rows], specs={k: specs[k] for k in ("mcmc", "ais")},
+                            progress=progress)
+    anomaly = {"IS": anomaly_scores(importance[rows]), "MCMC": anomaly_scores(subset["mcmc"]),
+               "AIS": anomaly_scores(subset["ais"])}
     table = auroc_table(key, anomaly, test.take(rows), num_resamples=config.num_bootstrap)
     agreement = {}
     for name in ("mcmc", "ais"):
-        diff = scores.subset[name] - importance
+        diff = subset[name] - importance[rows]
         agreement[f"{name}_minus_importance_nats"] = {
             "mean": float(np.mean(diff)), "std": float(np.std(diff)),
-            "correlation": float(np.corrcoef(scores.subset[name], importance)[0, 1]) if len(rows) > 1 else None}
-    return table, agreement
+            "correlation": float(np.corrcoef(subset[name], importance[rows])[0, 1]) if len(rows) > 1 else None}
+    return table, agreement, {"rows": rows, **subset}
 
 
-def _grid_rows(test: TestSet, importance: np.ndarray) -> np.ndarray:
+def _grid_rows(test: TestSet, scores: np.ndarray) -> np.ndarray:
     """The normal test slice with the median score (representative, not the best or worst
     reconstructed) and its corrupted copies: one row of the image grid per group."""
     normal_rows = np.flatnonzero(test.groups == "normal")
-    example = test.source[normal_rows[np.argsort(importance[normal_rows])[len(normal_rows) // 2]]]
+    example = test.source[normal_rows[np.argsort(scores[normal_rows])[len(normal_rows) // 2]]]
     return np.asarray([np.flatnonzero((test.groups == g) & (test.source == example))[0]
                        for g in dict.fromkeys(test.groups)])
 
 
-def _table_text(config: DemoConfig, table: dict, sub_table: dict, test: TestSet, flagged: dict[str, float],
-                num_val: int) -> str:
-    n_normal = int(np.sum(test.groups == "normal"))
-    text = (f"AUROC, {n_normal} normal vs {n_normal * config.copies} corrupted test slices per artefact "
-            f"(severity {config.severity}); higher is better, 0.5 is chance\n" + format_auroc_table(table))
-    if sub_table:
-        n_sub = next(iter(sub_table.values()))[config.artefacts[0]]["num_normal"]
-        text += (f"\n\nEstimators on a subset ({n_sub} slices per group; MCMC: {config.mcmc}; AIS: {config.ais})\n"
-                 + format_auroc_table(sub_table))
-    text += (f"\n\nCalled abnormal at the threshold calibrated on {num_val} validation slices (target "
-             f"false-positive rate {config.fpr}): " + ", ".join(f"{g} {r:.0%}" for g, r in flagged.items()))
+def _flagged(normal: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+    return {str(g): float(np.mean(~normal[groups == g])) for g in dict.fromkeys(groups)}
+
+
+def _table_text(config: DemoConfig, tables: dict, sets: _Sets, flagged: dict, num_calibration: int) -> str:
+    n = int(np.sum(sets.template.groups == "normal"))
+    text = (f"AUROC in distribution: {n} normal vs {n * config.copies} corrupted held-out slices of the training "
+            f"template per artefact (severity {config.severity}); higher is better, 0.5 is chance\n"
+            + format_auroc_table(tables["template"]))
+    if sets.new:
+        m = int(np.sum(sets.new[0].groups == "normal"))
+        text += (f"\n\nAUROC on new subjects: {len(sets.new)} synthetic subjects never trained on, each {m} clean vs "
+                 f"{m * config.copies} corrupted slices per artefact; mean over subjects\n"
+                 + format_auroc_table(tables["new"]))
+    if tables["subset"]:
+        n_sub = next(iter(tables["subset"].values()))[config.artefacts[0]]["num_normal"]
+        text += (f"\n\nEstimators of log p(x) on a subset ({n_sub} template slices per group; MCMC: {config.mcmc}; "
+                 f"AIS: {config.ais})\n" + format_auroc_table(tables["subset"]))
+    text += (f"\n\nCalled abnormal at the shipped threshold ({config.decision_score}, calibrated on {num_calibration} "
+             f"normal slices: the template's validation slices and {config.calibration_subjects if sets.new else 0} "
+             f"held-out synthetic subjects; target false-positive rate {config.fpr}):")
+    for name, rates in flagged.items():
+        text += f"\n  {name}: " + ", ".join(f"{g} {r:.0%}" for g, r in rates.items())
     return text
 
 
@@ -230,10 +275,11 @@ def run_demo(
 ) -> dict[str, Any]:
     """Runs the whole study and writes its outputs into ``out_dir``.
 
-    Writes: ``results.csv``/``results.json`` (one row per test image),
-    ``summary.json``, ``roc_vae.png``, ``roc_pca.png``,
-    ``score_histograms.png``, ``image_grid.png``, ``loss_curve.png``, and the
-    checkpoint folder ``checkpoint/`` (with ``calibration.json``: usable by
+    Writes: ``results.csv``/``results.json`` (one row per scored test
+    image), ``summary.json``, ``roc_template.png``, ``roc_new_subjects.png``
+    (brain-mri), ``roc_pca.png``, ``score_histograms.png``,
+    ``image_grid.png``, ``loss_curve.png``, and the checkpoint folder
+    ``checkpoint/`` (with ``background/`` and ``calibration.json``: usable by
     ``jaxmed score --checkpoint OUT/checkpoint``).
 
     Args:
@@ -256,78 +302,126 @@ def run_demo(
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     root = jax.random.key(config.seed)
+    checkpoint = out_dir / CHECKPOINT_DIR
 
     t = time.perf_counter()
     data = load_demo_data(config)
+    subjects = held_out_subjects(config)
     timings["data_s"] = time.perf_counter() - t
-    say(f"data: {config.data}, {len(data.train)} training / {len(data.val)} validation / "
-        f"{len(data.test)} test slices of {config.image_size}x{config.image_size}")
+    say(f"data: {config.data}, {len(data.train)} training / {len(data.val)} validation / {len(data.test)} test "
+        f"slices of {config.image_size}x{config.image_size}" + (
+            f"; {config.synth.num_subjects} synthetic training subjects, {config.calibration_subjects} held out "
+            f"for calibration, {config.new_subjects} as new subjects" if subjects is not None else ""))
 
     say(f"training the VAE ({config.preset}, {config.likelihood} likelihood, {config.steps} steps of "
         f"{config.batch_size})")
-    trained = train_vae(config, out_dir / CHECKPOINT_DIR, progress=progress)
+    trained = train_vae(config, checkpoint, progress=progress)
     timings["train_s"] = trained.seconds
+    background = None
+    if config.background_mutation:
+        say(f"training the background model (inputs mutated at rate {config.background_mutation}, "
+            f"{config.background_steps or config.steps} steps)")
+        background = train_background(config, checkpoint / BACKGROUND_DIR, progress=progress)
+        timings["train_background_s"] = background.seconds
 
     t = time.perf_counter()
-    test = make_test_set(jax.random.fold_in(root, _TEST_SET), data.test, artefacts=config.artefacts,
-                         severity=config.severity, copies=config.copies)
-    scores = _score(config, trained, data, test, progress=progress, say=say)
-    calibration = calibrate_on_validation(trained, {"log_px": scores.val}, spec=score_specs(config)["importance"],
-                                          fpr=config.fpr)["log_px"]
+    spec = dataclasses.replace(score_specs(config)["importance"], score=config.decision_score)
+    sets = _test_sets(config, data, subjects)
+
+    def score(images, offset, desc):
+        return score_all(trained, images, spec=spec, background=background,
+                         indices=offset + np.arange(len(images)), progress=progress, desc=desc)
+
+    say(f"scoring validation, calibration and test slices by importance sampling ({config.num_samples} samples)")
+    normal_scores = score(data.val, _VAL_OFFSET, "scoring (validation)")
+    if subjects is not None and len(subjects.calibration):
+        extra = score(subjects.calibration, _CALIBRATION_OFFSET, "scoring (calibration subjects)")
+        normal_scores = {k: np.concatenate([v, extra[k]]) for k, v in normal_scores.items()}
+    calibrations = calibrate_on_validation(
+        trained, normal_scores, spec=spec, fpr=config.fpr,
+        source="the demo's template validation slices and held-out synthetic subjects")
+    scores = {"template": score(sets.template.images, 0, "scoring (template test)")}
+    for s, test in enumerate(sets.new):
+        scores[f"new subject {s + 1}"] = score(test.images, _NEW_OFFSET + s * 10**5, f"scoring (new subject {s + 1})")
+    match_spec = score_specs(config)["match"]
+    match = score_test_set(trained, sets.template.images, specs={"match": match_spec})["match"]
     timings["score_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    pca = pca_scores(data.train, test.images, num_components=min(config.pca_components, len(data.train)))
+    n_pca = min(config.pca_components, len(data.train))
+    pca = {name: pca_scores(data.train, test.images, num_components=n_pca)
+           for name, test in zip(scores, [sets.template, *sets.new], strict=True)}
     timings["pca_s"] = time.perf_counter() - t
 
-    importance = scores.test["importance"]
-    anomaly = {
-        f"PCA({config.pca_components})": pca,
-        "VAE IS": anomaly_scores(importance),
-        "VAE IS two-sided": two_sided_anomaly_scores(importance, scores.val),
-        "VAE match": anomaly_scores(scores.test["match"]),
-    }
     key = jax.random.fold_in(root, _BOOTSTRAP)
-    table = auroc_table(key, anomaly, test, num_resamples=config.num_bootstrap)
-    sub_table, agreement = _subset_tables(jax.random.fold_in(key, 1), config, scores, test)
+    anomaly = {name: _anomaly(config, scores[name], normal_scores["log_px"], pca[name],
+                              match if name == "template" else None) for name in scores}
+    tables = {"template": auroc_table(key, anomaly["template"], sets.template, num_resamples=config.num_bootstrap)}
+    if sets.new:
+        tables["new"] = mean_auroc_table([
+            auroc_table(jax.random.fold_in(key, 2 + s), anomaly[f"new subject {s + 1}"], test,
+                        num_resamples=config.num_bootstrap) for s, test in enumerate(sets.new)])
+    tables["subset"], agreement, subset = _subset_tables(jax.random.fold_in(key, 1), config, trained, sets.template,
+                                                          scores["template"]["log_px"], progress=progress, say=say)
 
-    decisions = classify(importance, calibration)
-    estimates = {name: np.full(len(test.labels), np.nan) for name in ("mcmc", "ais")}
-    for name, values in scores.subset.items():
-        estimates[name][scores.subset_rows] = values
-    write_results(out_dir, test, {
-        "log_px_importance": importance, "match": scores.test["match"],
-        "two_sided": anomaly["VAE IS two-sided"], "pca_error": pca,
-        "decision": np.where(decisions.normal, "normal", "abnormal"), "p_value": decisions.p_value,
-        "num_reference": np.full(len(test.labels), decisions.num_reference),
-        "log_px_mcmc": estimates["mcmc"], "log_px_ais": estimates["ais"],
-    })
+    calibration = calibrations[config.decision_score]
+    decisions = {name: classify(values[config.decision_score], calibration) for name, values in scores.items()}
+    flagged = {"template": _flagged(decisions["template"].normal, sets.template.groups)}
+    if sets.new:
+        flagged["new subjects"] = _flagged(np.concatenate([decisions[f"new subject {s + 1}"].normal
+                                                           for s in range(len(sets.new))]),
+                                           np.concatenate([test.groups for test in sets.new]))
+    estimates = {name: np.full(len(sets.template.labels), np.nan) for name in ("mcmc", "ais")}
+    for name in estimates:
+        if name in subset:
+            estimates[name][subset["rows"]] = subset[name]
+    tables_by_set = {}
+    for name, test in zip(scores, [sets.template, *sets.new], strict=True):
+        columns = {**scores[name], "two_sided": anomaly[name]["log p two-sided"], "pca_error": pca[name],
+                   "decision": np.where(decisions[name].normal, "normal", "abnormal"),
+                   "p_value": decisions[name].p_value,
+                   "num_reference": np.full(len(test.labels), decisions[name].num_reference)}
+        if name == "template":
+            columns.update(match=match, log_px_mcmc=estimates["mcmc"], log_px_ais=estimates["ais"])
+        tables_by_set[name] = (test, columns)
+    write_results(out_dir, tables_by_set)
 
     t = time.perf_counter()
-    shown = _grid_rows(test, importance)
-    figures = write_figures(out_dir, test=test, normality=scores.test, pca=pca, threshold=calibration.threshold,
-                            reconstructions=reconstruct(trained, test.images[shown]), rows=shown,
-                            records=trained.records)
+    decide = config.decision_score
+    shown = _grid_rows(sets.template, scores["template"][decide])
+    grid = {"template": (sets.template, shown)}
+    if sets.new:
+        grid["new subject 1"] = (sets.new[0], _grid_rows(sets.new[0], scores["new subject 1"][decide]))
+    figures = write_figures(
+        out_dir, sets={name: (test, scores[name][decide], anomaly[name][f"PCA({config.pca_components})"])
+                       for name, test in zip(scores, [sets.template, *sets.new], strict=True)},
+        score_name=f"{COLUMNS[decide]} ({decide})", threshold=calibration.threshold,
+        grid={name: (test, rows, reconstruct(trained, test.images[rows])) for name, (test, rows) in grid.items()},
+        records=trained.records)
     timings["figures_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
 
-    flagged = {str(g): float(np.mean(~decisions.normal[test.groups == g])) for g in dict.fromkeys(test.groups)}
     last = trained.records[-1] if trained.records else {}
     summary = {
         "config": config.to_dict(),
         "data": data.description,
         "model": {"preset": config.preset, "likelihood": config.likelihood,
                   "learned_noise_std": learned_noise_scale(trained),
-                  "final_loss": last.get("loss"), "final_val_loss": last.get("val_loss")},
-        "calibration": {"threshold": calibration.threshold, "target_fpr": config.fpr,
-                        "num_reference": int(len(scores.val)), "method": "importance",
+                  "final_loss": last.get("loss"), "final_val_loss": last.get("val_loss"),
+                  "background": None if background is None else {
+                      "mutation_rate": config.background_mutation,
+                      "final_loss": (background.records[-1] if background.records else {}).get("loss")}},
+        "calibration": {"decision_score": decide, "target_fpr": config.fpr,
+                        "thresholds": {k: c.threshold for k, c in calibrations.items()},
+                        "num_reference": int(calibration.reference_scores.size),
                         "flagged_fraction": flagged},
-        "auroc": table,
-        "auroc_subset": sub_table,
+        "auroc": tables["template"],
+        "auroc_new_subjects": tables.get("new", {}),
+        "auroc_subset": tables["subset"],
         "estimator_agreement": agreement,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "load_average": _load_average(),
-        "table": _table_text(config, table, sub_table, test, flagged, len(data.val)),
+        "table": _table_text(config, tables, sets, flagged, int(calibration.reference_scores.size)),
         "files": sorted(p.name for p in [*figures, out_dir / "results.csv", out_dir / "results.json",
                                          out_dir / "summary.json"]) + [CHECKPOINT_DIR + "/"],
     }
