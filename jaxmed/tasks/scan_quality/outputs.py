@@ -95,18 +95,20 @@ def write_figures(
         paths.append(plot_roc_curves(out_dir / "roc_new_subjects.png",
                                      _curves(pooled, -np.concatenate([s for _, s, _ in new])),
                                      title=f"{len(new)} new subjects (pooled): VAE {score_name}"))
-    groups = {f"template {g}": template[1][template[0].groups == g] for g in dict.fromkeys(template[0].groups)}
-    if new:
-        groups.update({f"new subjects {g}": np.concatenate([s[t.groups == g] for t, s, _ in new])
-                       for g in ("normal", *(g for g in dict.fromkeys(new[0][0].groups) if g != "normal"))})
-    normal = np.concatenate([v for k, v in groups.items() if k.endswith(" normal")])
-    # Corrupted slices reach far below the normal range; the window keeps it readable.
+    normal = np.concatenate([template[1][template[0].groups == "normal"], *(sc[t.groups == "normal"] for t, sc, _ in new)])
+    # Corrupted slices reach far below the normal range; one window keeps it readable in both figures.
     spread = float(np.ptp(normal)) or 1.0
     low = min(float(normal.min()), threshold) - 3.0 * spread
-    high = max(float(np.max(v)) for v in groups.values()) + 0.05 * spread
-    paths.append(plot_score_histograms(
-        out_dir / "score_histograms.png", groups, threshold=threshold, xlabel=f"{score_name}, importance sampling",
-        xlim=(low, high), title=f"Test slices (dashed: the shipped threshold; below {low:.4g} drawn at the left edge)"))
+    high = max(float(np.max(v[1])) for v in sets.values()) + 0.05 * spread
+    histograms = {"score_histograms.png": ("Template's held-out slices", [template])}
+    if new:
+        histograms["score_histograms_new_subjects.png"] = (f"{len(new)} new subjects (pooled)", new)
+    for name, (what, members) in histograms.items():
+        groups = {g: np.concatenate([sc[t.groups == g] for t, sc, _ in members])
+                  for g in dict.fromkeys(members[0][0].groups)}
+        paths.append(plot_score_histograms(
+            out_dir / name, groups, threshold=threshold, xlabel=score_name, xlim=(low, high),
+            title=f"{what} (dashed: the shipped threshold; below {low:.4g} at the left edge)"))
     rows, labels = [], []
     for name, (test, shown, reconstructions) in grid.items():
         images = test.images[shown]

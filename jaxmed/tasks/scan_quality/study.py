@@ -76,8 +76,11 @@ _TEST_SET, _BOOTSTRAP = 4, 6
 # Key indices of the scored images: each set its own range (image i of a set: offset + i).
 _VAL_OFFSET, _CALIBRATION_OFFSET, _NEW_OFFSET = 10**6, 2 * 10**6, 3 * 10**6
 
-# Table column of each VAE score (jaxmed.tasks.scan_quality.SCORES).
+# Table column of each VAE score (jaxmed.tasks.scan_quality.SCORES), and its axis label.
 COLUMNS = {"log_px": "log p(x)", "complexity": "complexity", "likelihood_ratio": "LR"}
+_LABELS = {"log_px": "log p(x) [nats], importance sampling",
+           "complexity": "log2 P(x) + L(x) [bits]: complexity-corrected log-likelihood",
+           "likelihood_ratio": "log p(x) - log p_background(x) [nats]"}
 
 
 class DemoData(NamedTuple):
@@ -276,9 +279,10 @@ def run_demo(
     """Runs the whole study and writes its outputs into ``out_dir``.
 
     Writes: ``results.csv``/``results.json`` (one row per scored test
-    image), ``summary.json``, ``roc_template.png``, ``roc_new_subjects.png``
-    (brain-mri), ``roc_pca.png``, ``score_histograms.png``,
-    ``image_grid.png``, ``loss_curve.png``, and the checkpoint folder
+    image), ``summary.json``, ``roc_template.png``, ``roc_pca.png``,
+    ``score_histograms.png``, ``roc_new_subjects.png`` and
+    ``score_histograms_new_subjects.png`` (brain-mri), ``image_grid.png``,
+    ``loss_curve.png``, and the checkpoint folder
     ``checkpoint/`` (with ``background/`` and ``calibration.json``: usable by
     ``jaxmed score --checkpoint OUT/checkpoint``).
 
@@ -395,7 +399,7 @@ def run_demo(
     figures = write_figures(
         out_dir, sets={name: (test, scores[name][decide], anomaly[name][f"PCA({config.pca_components})"])
                        for name, test in zip(scores, [sets.template, *sets.new], strict=True)},
-        score_name=f"{COLUMNS[decide]} ({decide})", threshold=calibration.threshold,
+        score_name=_LABELS[decide], threshold=calibration.threshold,
         grid={name: (test, rows, reconstruct(trained, test.images[rows])) for name, (test, rows) in grid.items()},
         records=trained.records)
     timings["figures_s"] = time.perf_counter() - t
