@@ -74,7 +74,7 @@ def test_calibrate_then_score_a_folder(checkpoint, study, tmp_path, monkeypatch,
     calibration_file.unlink(missing_ok=True)
 
     assert main(["calibrate", "--checkpoint", str(checkpoint), "--normal", str(normal), "--fpr", "0.2",
-                 "--method", "importance", *FAST]) == 0
+                 "--method", "importance", "--score", "log-px", *FAST]) == 0
     calibration = json.loads(calibration_file.read_text())
     assert calibration["score"]["method"] == "importance" and calibration["score"]["num_samples"] == 8
     assert sorted(calibration["calibrations"]) == ["complexity", "log_px"]  # no background model
@@ -175,11 +175,22 @@ def test_the_complexity_score_decides_when_asked_and_a_shift_is_reported(checkpo
     checkpoint_copy = tmp_path / "ckpt"
     shutil.copytree(checkpoint, checkpoint_copy)
     (checkpoint_copy / "calibration.json").unlink(missing_ok=True)
+    # The default decision score is the complexity-corrected one.
     assert main(["calibrate", "--checkpoint", str(checkpoint_copy), "--normal", str(normal), "--fpr", "0.2",
-                 "--score", "complexity", *FAST]) == 0
+                 *FAST]) == 0
     assert "complexity: " in capsys.readouterr().out
     stored = json.loads((checkpoint_copy / "calibration.json").read_text())
     assert stored["score"]["score"] == "complexity"
+    # A recalibration keeps the decision score of the calibration it replaces.
+    assert main(["calibrate", "--checkpoint", str(checkpoint_copy), "--normal", str(normal), "--fpr", "0.2",
+                 "--score", "log-px", "--force", *FAST]) == 0
+    assert main(["calibrate", "--checkpoint", str(checkpoint_copy), "--normal", str(normal), "--fpr", "0.2",
+                 "--force", *FAST]) == 0
+    assert json.loads((checkpoint_copy / "calibration.json").read_text())["score"]["score"] == "log_px"
+    assert main(["calibrate", "--checkpoint", str(checkpoint_copy), "--normal", str(normal), "--fpr", "0.2",
+                 "--score", "complexity", "--force", *FAST]) == 0
+    capsys.readouterr()
+    stored = json.loads((checkpoint_copy / "calibration.json").read_text())
     bits = stored["calibrations"]["complexity"]
     prefix = str(tmp_path / "scores")
     assert main(["score", "--checkpoint", str(checkpoint_copy), "--out", prefix, str(folder / "scan.nii.gz"),

@@ -26,6 +26,7 @@ from jaxmed.tasks.scan_quality import (
 )
 
 FILES = ("results.csv", "results.json", "summary.json", "roc_template.png", "roc_new_subjects.png", "roc_pca.png",
+         "score_histograms_new_subjects.png",
          "score_histograms.png", "image_grid.png", "loss_curve.png")
 CHECKPOINT_FILES = ("config.json", "preprocess.json", "calibration.json", "metrics.jsonl",
                     "background/config.json", "background/metrics.jsonl")

@@ -43,7 +43,7 @@ def _add_score_options(p, *, what: str) -> None:
                    help="the decision score: log-px (log p(x)), complexity (log p(x) corrected for the PNG code "
                         "length, Serra et al.) or likelihood-ratio (against the background model in "
                         "DIR/background, Ren et al.); every score is computed and reported (default: the "
-                        "calibration's, else log-px)")
+                        "calibration's, else complexity)")
     g.add_argument("--batch-size", type=int, default=32, metavar="B", help="slices per compiled call (default 32)")
     g.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the samplers (default 0)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -54,13 +54,19 @@ _SCORE_CHOICES = ("log-px", "complexity", "likelihood-ratio")
 
 
 def _score_spec(args, stored):
-    from jaxmed.tasks.scan_quality import ScoreSpec
+    """The spec the command line asks for; options not given come from ``stored`` (a calibration's spec)."""
+    from jaxmed.tasks.scan_quality import DEFAULT_SCORE, ScoreSpec
 
     method = args.method or (stored.method if stored else "importance")
     same_method = stored is not None and stored.method == method
     num_samples = args.num_samples or (stored.num_samples if same_method else 100)
     options = dict(stored.options) if same_method else {}
-    score = args.score.replace("-", "_") if args.score else (stored.score if same_method else "log_px")
+    if args.score:
+        score = args.score.replace("-", "_")
+    elif method == "match":
+        score = "log_px"  # the match score has no corrected forms
+    else:
+        score = stored.score if stored is not None else DEFAULT_SCORE
     return ScoreSpec(method=method, num_samples=num_samples, batch_size=args.batch_size, seed=args.seed,
                      options=options, score=score)
 
@@ -103,7 +109,8 @@ def _run_calibrate(args) -> int:
         return 2
     try:
         scorer = load_scorer(args.checkpoint)
-        spec = _score_spec(args, None)
+        # A recalibration keeps the decision score (and estimator) of the calibration it replaces.
+        spec = _score_spec(args, scorer.calibration_spec)
     except (FileNotFoundError, ValueError) as e:
         print(f"jaxmed calibrate: error: {e}", file=sys.stderr)
         return 2

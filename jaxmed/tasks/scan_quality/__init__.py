@@ -61,6 +61,7 @@ from jaxmed.tasks.scan_quality.scorer import (
     save_calibration,
 )
 from jaxmed.tasks.scan_quality.scores import (
+    DEFAULT_SCORE,
     SCORE_MEANINGS,
     SCORES,
     ScoreSpec,
@@ -85,6 +86,7 @@ __all__ = [
     "CALIBRATION_FILE",
     "CHECKPOINT_DIR",
     "COLUMNS",
+    "DEFAULT_SCORE",
     "DATA_SOURCES",
     "QUICK",
     "ROW_FIELDS",

@@ -15,6 +15,7 @@ from typing import Any
 
 from jaxmed.data.augmentation import AugmentConfig
 from jaxmed.data.synth import SynthSource
+from jaxmed.tasks.scan_quality.scores import DEFAULT_SCORE
 
 __all__ = ["DATA_SOURCES", "QUICK", "DemoConfig", "background_run_config", "demo_config", "run_config"]
 
@@ -113,7 +114,7 @@ class DemoConfig:
     background_steps: int | None = None
     calibration_subjects: int = 6
     new_subjects: int = 4
-    decision_score: str = "complexity"
+    decision_score: str = DEFAULT_SCORE
     eval_every: int = 250
     devices: int | None = 1
     num_phantoms: tuple[int, int, int] = (512, 64, 64)

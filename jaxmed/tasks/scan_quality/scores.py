@@ -37,10 +37,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["SCORES", "SCORE_MEANINGS", "ScoreSpec", "make_score_fn", "normality_scores", "score_images"]
+__all__ = ["DEFAULT_SCORE", "SCORES", "SCORE_MEANINGS", "ScoreSpec", "make_score_fn", "normality_scores",
+           "score_images"]
 
 # The decision scores, and what each value means (higher = more normal).
 SCORES = ("log_px", "complexity", "likelihood_ratio")
+# The decision score of jaxmed demo and jaxmed calibrate unless told otherwise: the one that
+# holds on subjects the model never saw, blur included (experiments/scan_quality_new_subject.py).
+DEFAULT_SCORE = "complexity"
 SCORE_MEANINGS = {
     "log_px": "log p(x), nats (minus KL(q(z|x) || N(0, I)) for the match method)",
     "complexity": "log2 P(x) + L(x), bits: minus the complexity-corrected score of Serra et al. (2020), "
