@@ -76,6 +76,9 @@ VARIANTS = {
     **{f"synth-no-{family}": ({"likelihood": "gaussian_learned_pixel", "min_scale": 1e-3},
                               SynthSource(num_subjects=SYNTH_SUBJECTS, config=SynthConfig().without(family)))
        for family in ("deformation", "affine", "contrast", "bias", "resolution", "noise")},
+    # Longer training (the demo's other settings).
+    "synth-2000": ({"likelihood": "gaussian_learned_pixel", "min_scale": 1e-3},
+                   SynthSource(num_subjects=SYNTH_SUBJECTS), {"steps": 2000, "warmup_steps": 200}),
 }
 
 
@@ -104,8 +107,8 @@ def _auroc(normal: np.ndarray, abnormal: np.ndarray) -> float:
 
 
 def evaluate(variant: str, out_dir: Path, sets: dict, *, seed: int = 0, background: bool = False) -> dict:
-    options, synth = VARIANTS[variant]
-    config = demo_config(seed=seed)
+    options, synth, *overrides = VARIANTS[variant]
+    config = demo_config(seed=seed, **(overrides[0] if overrides else {}))
     run = dataclasses.replace(run_config(config), model_options=tuple(options.items()), synth=synth)
     if "min_scale" not in options:
         run = dataclasses.replace(run, optim=dataclasses.replace(run.optim, lr_factors=()))

@@ -7,7 +7,7 @@ volume becomes model inputs, for training and scoring alike), `augmentation`
 artefacts simulated in k-space), `phantoms` (synthetic scans with known truth,
 one module per kind), `brain_mri` (the MNI152 template, no download),
 `batching` (deterministic, per-process batches), `regions` (disjoint region
-sets and modality blanking).
+sets and modality blanking), `merge` (windows cut at dynamic corners and merged back).
 """
 
 from jaxmed.data.artefacts import ARTEFACTS, DEFAULT_SEVERITY
@@ -15,6 +15,7 @@ from jaxmed.data.augmentation import AugmentConfig, augment_batch, augment_image
 from jaxmed.data.batching import batch_indices, iterate_batches, steps_per_epoch
 from jaxmed.data.brain_mri import BrainMRISplits, load_brain_mri, split_slices, template_path
 from jaxmed.data.intensity import clip_percentiles, minmax, window, zscore
+from jaxmed.data.merge import clamp_corners, extract_windows, merge_windows
 from jaxmed.data.phantoms import PHANTOMS, MRIPhantomConfig, make_dataset, sample_mri
 from jaxmed.data.preprocess import PREPROCESSING_METHODS, Preprocessing, load_brain_slices, preprocess_volume
 from jaxmed.data.regions import (
@@ -37,6 +38,9 @@ from jaxmed.data.spatial import (
 )
 
 __all__ = [
+    "clamp_corners",
+    "extract_windows",
+    "merge_windows",
     "block_regions",
     "checkerboard_regions",
     "one_modality_per_view",
