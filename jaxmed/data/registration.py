@@ -1,4 +1,6 @@
-"""Rigid registration by gradient descent: transforms, similarity metrics, co-registration of an exam.
+"""Rigid registration by gradient descent, and co-registration of an exam onto one grid.
+
+Transforms are :mod:`jaxmed.data.rigid`, similarity metrics :mod:`jaxmed.data.similarity`.
 
 Geometry as in :class:`jaxmed.io.Volume`: an image is an array of shape
 ``(z, y, x)`` (or ``(y, x)`` for a 2D image) with a ``[d + 1, d + 1]`` affine
@@ -39,7 +41,6 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +51,24 @@ from jax.scipy.ndimage import map_coordinates
 from jax.typing import ArrayLike
 
 from jaxmed.data.intensity import clip_percentiles, minmax, zscore
+from jaxmed.data.rigid import (
+    RigidParams,
+    RigidResult,
+    apply_rigid,
+    grid_center,
+    identity_params,
+    rigid_matrix,
+    rotation_matrix,
+)
+from jaxmed.data.similarity import (
+    DEFAULT_BINS,
+    METRICS,
+    PARZEN_PAD,
+    mi_from_parzen,
+    mutual_information,
+    ncc,
+    parzen_window,
+)
 from jaxmed.data.spatial import resample_to, scaled_grid
 
 __all__ = [
@@ -77,257 +96,15 @@ __all__ = [
 DEFAULT_LEVELS = (4, 2, 1)
 DEFAULT_NUM_STEPS = 60
 DEFAULT_LEARNING_RATE = 0.2  # mm per step at the finest level
-DEFAULT_BINS = 32
 # Cosine decay to this fraction of the level's learning rate: Adam at a
 # constant rate jitters around the optimum by about one step.
 _FINAL_LR_FRACTION = 0.05
 # A pyramid level never shrinks an axis below this many voxels.
 _MIN_LEVEL_SIZE = 4
-# The B-spline Parzen window reaches 2 bins either side of a value.
-_PARZEN_PAD = 2
 _NORMALIZATIONS = ("zscore", "minmax", None)
 # Full float32 products: at default precision some accelerators multiply in
 # bf16/TF32 (~1e-3 relative), a tenth of a millimetre on positions of ~100 mm.
 _matmul = partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
-
-
-class RigidParams(NamedTuple):
-    """A rigid transform about a centre (see the module docstring).
-
-    Attributes:
-        angles: ``[3]`` radians about the world axes ``(x_p, y_p, z_p)``,
-            applied in that order (``R = R_z @ R_y @ R_x``); ``[1]`` for 2D
-            (counter-clockwise from world axis 0 to world axis 1).
-        translation: ``[d]`` mm along the world axes.
-    """
-
-    angles: Array
-    translation: Array
-
-
-class RigidResult(NamedTuple):
-    """What `register_rigid` found (a leading batch axis on every field for a batch).
-
-    Attributes:
-        params: the transform, about ``center``.
-        matrix: ``[d + 1, d + 1]`` the transform ``T`` as a matrix on world
-            points (mm): fixed-image space -> moving-image space.
-        center: ``[d]`` mm, the centre of rotation (the fixed grid's centre).
-        metric_history: ``[sum(num_steps)]`` the metric (NCC, or MI in nats;
-            higher is better) before each step, levels one after the other.
-    """
-
-    params: RigidParams
-    matrix: Array
-    center: Array
-    metric_history: Array
-
-
-# --------------------------------------------------------------------------
-# Transforms
-
-
-def identity_params(ndim: int = 3) -> RigidParams:
-    """The identity transform for ``ndim``-D images (2 or 3)."""
-    if ndim not in (2, 3):
-        raise ValueError(f"rigid transforms are 2D or 3D, got ndim={ndim}")
-    return RigidParams(angles=jnp.zeros(1 if ndim == 2 else 3), translation=jnp.zeros(ndim))
-
-
-def rotation_matrix(angles: ArrayLike) -> Array:
-    """Rotation from angles in radians.
-
-    Args:
-        angles: ``[1]`` (2D) or ``[3]`` (3D: about world axes x, y, z, applied
-            in that order, ``R = R_z @ R_y @ R_x``).
-
-    Returns:
-        ``[2, 2]`` or ``[3, 3]`` orthogonal matrix with determinant 1.
-    """
-    angles = jnp.asarray(angles)
-    if angles.shape == (1,):
-        c, s = jnp.cos(angles[0]), jnp.sin(angles[0])
-        return jnp.stack([jnp.stack([c, -s]), jnp.stack([s, c])])
-    if angles.shape != (3,):
-        raise ValueError(f"angles must be [1] (2D) or [3] (3D), got shape {angles.shape}")
-    cx, cy, cz = jnp.cos(angles)
-    sx, sy, sz = jnp.sin(angles)
-    one, zero = jnp.ones_like(cx), jnp.zeros_like(cx)
-    rx = jnp.stack([jnp.stack([one, zero, zero]), jnp.stack([zero, cx, -sx]), jnp.stack([zero, sx, cx])])
-    ry = jnp.stack([jnp.stack([cy, zero, sy]), jnp.stack([zero, one, zero]), jnp.stack([-sy, zero, cy])])
-    rz = jnp.stack([jnp.stack([cz, -sz, zero]), jnp.stack([sz, cz, zero]), jnp.stack([zero, zero, one])])
-    return _matmul(rz, _matmul(ry, rx))
-
-
-def rigid_matrix(params: RigidParams, center: ArrayLike) -> Array:
-    """The homogeneous matrix of ``T(p) = R (p - c) + c + t`` on world points.
-
-    Args:
-        params: angles (rad) and translation (mm).
-        center: ``[d]`` mm, the centre of rotation ``c``.
-
-    Returns:
-        ``[d + 1, d + 1]`` matrix, world (mm) -> world (mm).
-    """
-    rotation = rotation_matrix(params.angles)
-    ndim = rotation.shape[0]
-    center = jnp.asarray(center, rotation.dtype)
-    translation = jnp.asarray(params.translation, rotation.dtype)
-    if center.shape != (ndim,) or translation.shape != (ndim,):
-        raise ValueError(
-            f"center and translation must be [{ndim}] for {ndim}D angles, got {center.shape} and {translation.shape}"
-        )
-    offset = center + translation - _matmul(rotation, center)
-    top = jnp.concatenate([rotation, offset[:, None]], axis=1)
-    return jnp.concatenate([top, jnp.eye(1, ndim + 1, ndim, dtype=top.dtype)], axis=0)
-
-
-def grid_center(affine: ArrayLike, shape: Sequence[int]) -> Array:
-    """World position (mm) of a grid's centre, index ``(n - 1) / 2`` along each axis: ``[d]``."""
-    affine = jnp.asarray(affine)
-    ndim = affine.shape[-1] - 1
-    middle = (np.asarray(shape[-ndim:], dtype=np.float64) - 1.0) / 2.0
-    return _matmul(affine[:ndim, :ndim], jnp.asarray(middle, affine.dtype)) + affine[:ndim, ndim]
-
-
-def apply_rigid(
-    moving: ArrayLike,
-    matrix: ArrayLike,
-    *,
-    moving_affine: ArrayLike,
-    fixed_affine: ArrayLike,
-    fixed_shape: Sequence[int],
-    order: int = 1,
-    mode: str = "constant",
-    cval: float = 0.0,
-) -> Array:
-    """The moving image on the fixed grid, through a rigid transform.
-
-    Fixed voxel ``j`` takes the moving image at ``inv(moving_affine) @ matrix
-    @ fixed_affine @ j``: one interpolation for header geometry and motion
-    together. Pure and jittable (``fixed_shape`` static).
-
-    Args:
-        moving: ``[*S_moving]`` image.
-        matrix: ``[d + 1, d + 1]`` world transform, fixed -> moving space
-            (`RigidResult.matrix`; the identity resamples from the headers).
-        moving_affine: ``[d + 1, d + 1]`` moving voxel -> world (mm).
-        fixed_affine: ``[d + 1, d + 1]`` fixed voxel -> world (mm).
-        fixed_shape: the fixed grid's shape, ``d`` ints.
-        order, mode, cval: as `jaxmed.data.spatial.resample_to`.
-
-    Returns:
-        ``fixed_shape`` array.
-    """
-    dst = _matmul(jnp.asarray(matrix), jnp.asarray(fixed_affine))
-    return resample_to(moving, moving_affine, dst, fixed_shape, order=order, mode=mode, cval=cval)
-
-
-# --------------------------------------------------------------------------
-# Metrics (higher is better; `weights` select and weight the voxels)
-
-
-def _weights(a: Array, weights: ArrayLike | None) -> Array:
-    if weights is None:
-        return jnp.ones(a.shape, a.dtype)
-    return jnp.asarray(weights, a.dtype)
-
-
-def ncc(a: ArrayLike, b: ArrayLike, *, weights: ArrayLike | None = None, eps: float = 1e-8) -> Array:
-    """Global normalised cross-correlation, weighted.
-
-    Args:
-        a, b: ``[...]`` two images on the same grid.
-        weights: optional ``[...]`` non-negative weights (a mask, or the
-            voxels where both images are defined).
-        eps: keeps a constant image from dividing by 0.
-
-    Returns:
-        ``[]`` in ``[-1, 1]``; 1 when ``b`` is an increasing affine function
-        of ``a`` over the weighted voxels.
-    """
-    a, b = jnp.asarray(a), jnp.asarray(b)
-    w = _weights(a, weights)
-    total = jnp.sum(w) + eps
-    da = a - jnp.sum(w * a) / total
-    db = b - jnp.sum(w * b) / total
-    cov = jnp.sum(w * da * db)
-    return cov / jnp.sqrt(jnp.sum(w * da * da) * jnp.sum(w * db * db) + eps)
-
-
-def _cubic_bspline(u: Array) -> Array:
-    u = jnp.abs(u)
-    inner = 2.0 / 3.0 - u**2 + 0.5 * u**3
-    outer = (2.0 - u) ** 3 / 6.0
-    return jnp.where(u < 1.0, inner, jnp.where(u < 2.0, outer, 0.0))
-
-
-def _parzen(values: Array, value_range: tuple[Array, Array], bins: int) -> Array:
-    """``[N, bins]`` cubic B-spline weights of each value; rows sum to 1."""
-    lo, hi = value_range
-    scaled = (jnp.clip(values, lo, hi) - lo) / jnp.maximum(hi - lo, 1e-12)
-    position = _PARZEN_PAD + scaled * (bins - 1 - 2 * _PARZEN_PAD)
-    centres = jnp.arange(bins, dtype=values.dtype)
-    return _cubic_bspline(position[:, None] - centres[None, :])
-
-
-def mutual_information(
-    a: ArrayLike,
-    b: ArrayLike,
-    *,
-    weights: ArrayLike | None = None,
-    bins: int = DEFAULT_BINS,
-    a_range: tuple[ArrayLike, ArrayLike] | None = None,
-    b_range: tuple[ArrayLike, ArrayLike] | None = None,
-) -> Array:
-    """Mutual information from a differentiable Parzen-window joint histogram (Mattes).
-
-    Each value spreads over the ``bins`` bins of its image's intensity range
-    with a cubic B-spline window (a partition of unity, so every voxel adds
-    exactly its weight); the joint histogram is their weighted outer product
-    summed over voxels. It is smooth in the values, so gradients flow to the
-    sampling positions of ``b``.
-
-    Args:
-        a, b: ``[...]`` two images on the same grid, of any contrasts.
-        weights: optional ``[...]`` non-negative voxel weights.
-        bins: histogram bins per image (>= 8).
-        a_range, b_range: ``(lo, hi)`` intensity range of each image; values
-            outside are clipped. Default: the image's min and max. Fix them
-            (e.g. from percentiles of the whole image) when the metric is
-            optimised, so the bins do not move between steps.
-
-    Returns:
-        ``[]`` mutual information in nats (>= 0).
-
-    References:
-        Mattes D. et al. PET-CT image registration in the chest using
-        free-form deformations. IEEE TMI 22(1):120-128, 2003.
-    """
-    if bins < 4 * _PARZEN_PAD:
-        raise ValueError(f"bins must be >= {4 * _PARZEN_PAD}, got {bins}")
-    a, b = jnp.asarray(a).ravel(), jnp.asarray(b).ravel()
-    w = _weights(a, None if weights is None else jnp.ravel(jnp.asarray(weights)))
-    a_range = (jnp.min(a), jnp.max(a)) if a_range is None else a_range
-    b_range = (jnp.min(b), jnp.max(b)) if b_range is None else b_range
-    return _mi_from_parzen(_parzen(a, a_range, bins), _parzen(b, b_range, bins), w)
-
-
-def _mi_from_parzen(ka: Array, kb: Array, w: Array) -> Array:
-    """MI in nats from the ``[N, bins]`` Parzen weights of two images and ``[N]`` voxel weights."""
-    joint = _matmul((ka * w[:, None]).T, kb) / (jnp.sum(w) + 1e-12)
-    pa = jnp.sum(joint, axis=1, keepdims=True)
-    pb = jnp.sum(joint, axis=0, keepdims=True)
-    # p log p with a tiny floor: empty bins contribute 0 with a finite gradient.
-    tiny = 1e-12
-    return jnp.sum(joint * (jnp.log(joint + tiny) - jnp.log(pa * pb + tiny)))
-
-
-METRICS: dict[str, Callable[..., Array]] = {"ncc": ncc, "mi": mutual_information}
-
-
-# --------------------------------------------------------------------------
-# The pyramid and the optimisation (static plan, then one jitted function)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -421,8 +198,8 @@ def _similarity(plan: _Plan, fixed: Array, moving: Array, mask: Array | None):
     m_range = tuple(jnp.percentile(moving, q))
     bins = plan.bins
     return (
-        lambda f: _parzen(f, f_range, bins),
-        lambda f_parzen, m, w: _mi_from_parzen(f_parzen, _parzen(m, m_range, bins), w),
+        lambda f: parzen_window(f, f_range, bins),
+        lambda f_parzen, m, w: mi_from_parzen(f_parzen, parzen_window(m, m_range, bins), w),
     )
 
 
@@ -641,8 +418,8 @@ def register_rigid(
     steps = _steps_per_level(num_steps, levels)
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0 (mm per step), got {learning_rate}")
-    if metric == "mi" and bins < 4 * _PARZEN_PAD:
-        raise ValueError(f"bins must be >= {4 * _PARZEN_PAD}, got {bins}")
+    if metric == "mi" and bins < 4 * PARZEN_PAD:
+        raise ValueError(f"bins must be >= {4 * PARZEN_PAD}, got {bins}")
     fixed = _as_image(fixed, "fixed")
     moving = _as_image(moving, "moving")
     mask = None if mask is None else jnp.asarray(mask).astype(bool)
