@@ -1,5 +1,6 @@
 """jaxmed.losses: training objectives, written for one example and vmapped."""
 
+from jaxmed.losses.classification import ClassifierLossConfig, make_classifier_loss, presence_type_losses
 from jaxmed.losses.elbo import (
     AutoencoderLossConfig,
     VAELossConfig,
@@ -7,6 +8,8 @@ from jaxmed.losses.elbo import (
     negative_elbo,
     vae_loss_fn,
 )
+from jaxmed.losses.localiser import LocaliserLossConfig, localiser_pixel_loss, make_localiser_loss
+from jaxmed.losses.ordinal import cumulative_link_log_probs, cumulative_link_nll
 from jaxmed.losses.masked_region import (
     LesionLossConfig,
     blank_modalities,
@@ -18,6 +21,14 @@ from jaxmed.losses.masked_region import (
 )
 
 __all__ = [
+    "LocaliserLossConfig",
+    "localiser_pixel_loss",
+    "make_localiser_loss",
+    "cumulative_link_log_probs",
+    "cumulative_link_nll",
+    "ClassifierLossConfig",
+    "make_classifier_loss",
+    "presence_type_losses",
     "AutoencoderLossConfig",
     "VAELossConfig",
     "autoencoder_loss_fn",

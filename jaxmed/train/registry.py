@@ -23,19 +23,27 @@ import jax.numpy as jnp
 
 from jaxmed.losses import (
     AutoencoderLossConfig,
+    ClassifierLossConfig,
     LesionLossConfig,
+    LocaliserLossConfig,
     VAELossConfig,
     autoencoder_loss_fn,
+    make_classifier_loss,
     make_lesion_loss,
+    make_localiser_loss,
     vae_loss_fn,
 )
 from jaxmed.models import (
     AUTOENCODER_PRESETS,
+    CLASSIFIER_PRESETS,
+    LOCALISER_PRESETS,
     PRESETS,
     UNET_PRESETS,
     VAE,
     Autoencoder,
     AutoencoderConfig,
+    ClassifierConfig,
+    LocaliserConfig,
     UNetConfig,
     VAEConfig,
 )
@@ -83,6 +91,13 @@ def _lesion_loss(model: Any, config: UNetConfig, loss: LesionLossConfig) -> Loss
     return make_lesion_loss(model.apply, loss, shape=config.image_shape[:-1], num_modalities=config.image_shape[-1])
 
 
+def _localiser_loss(model: Any, config: LocaliserConfig, loss: LocaliserLossConfig) -> LossFn:
+    def apply(params, x, key):
+        return model.apply(params, x, deterministic=False, with_maps=True, rngs={"dropout": key})
+
+    return make_localiser_loss(apply, loss, shape=config.image_shape[:-1], num_modalities=config.num_modalities)
+
+
 MODELS: dict[str, ModelSpec] = {
     "vae": ModelSpec(
         build=VAE, config=VAEConfig, presets=PRESETS, default_preset="reference64", init=_init_vae,
@@ -99,6 +114,19 @@ MODELS: dict[str, ModelSpec] = {
         build=UNetConfig.make_module, config=UNetConfig, presets=UNET_PRESETS, default_preset="lesion64",
         init=_init_plain, loss=LesionLossConfig(masked=False, pos_weight=5.0), loss_fn=_lesion_loss,
         targets=("lesion_mask",),
+    ),
+    # One localisation map per modality image and their fusion (the lesions task's phase 1).
+    "localiser": ModelSpec(
+        build=LocaliserConfig.make_module, config=LocaliserConfig, presets=LOCALISER_PRESETS,
+        default_preset="mpmri64", init=_init_plain, loss=LocaliserLossConfig(), loss_fn=_localiser_loss,
+        targets=("lesion_mask",),
+    ),
+    # Presence + type of a finding per image or image segment (the chest task's segment classifier).
+    "classifier": ModelSpec(
+        build=ClassifierConfig.make_module, config=ClassifierConfig, presets=CLASSIFIER_PRESETS,
+        default_preset="segment272", init=_init_plain, loss=ClassifierLossConfig(),
+        loss_fn=lambda model, config, loss: make_classifier_loss(model.apply, loss),
+        targets=("label", "finding_type"),
     ),
 }
 

@@ -1,0 +1,103 @@
+"""Classification losses: presence of a finding and its type, per example, unreduced.
+
+A classifier with ``1 + T`` logits per example reads logit 0 as "a finding is
+present" (sigmoid) and logits ``1:`` as the finding's type among ``T``
+(softmax), the type counted only where a finding is present.
+:func:`presence_type_losses` is the elementwise loss, :func:`make_classifier_loss`
+the train-step loss of the ``"classifier"`` registry entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxmed.losses.masked_region import weighted_sigmoid_bce
+
+Array = jax.Array
+LossFn = Callable[[Any, Mapping[str, Array], Array], tuple[Array, dict[str, Array]]]
+
+__all__ = ["ClassifierLossConfig", "make_classifier_loss", "presence_type_losses"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassifierLossConfig:
+    """Training options of a presence + type classifier.
+
+    Attributes:
+      pos_weight: weight of the positive term of the presence cross-entropy
+        (findings are the minority class).
+      type_weight: weight of the type cross-entropy beside the presence term.
+    """
+
+    pos_weight: float = 1.0
+    type_weight: float = 0.5
+
+    def __post_init__(self):
+        if not self.pos_weight > 0:
+            raise ValueError(f"ClassifierLossConfig.pos_weight must be > 0, got {self.pos_weight}")
+        if not self.type_weight >= 0:
+            raise ValueError(f"ClassifierLossConfig.type_weight must be >= 0, got {self.type_weight}")
+
+
+def presence_type_losses(
+    logits: Array, label: Array, finding_type: Array, *, pos_weight: float = 1.0, type_weight: float = 0.5
+) -> tuple[Array, Array]:
+    """Presence and type cross-entropies of each example, unreduced.
+
+    Args:
+      logits: ``[N, 1 + T]``: presence logit, then ``T`` type logits.
+      label: ``[N]`` presence target in ``[0, 1]``.
+      finding_type: ``[N]`` int, the type index in ``[0, T)`` where a finding
+        is present; any value (e.g. -1) elsewhere.
+      pos_weight: weight of positives in the presence term.
+      type_weight: weight of the type term.
+
+    Returns:
+      ``(total, presence)``, each ``[N]`` nats: ``presence + type_weight *
+      type`` with the type term 0 where ``label < 0.5`` (or the type is
+      out of range), and the presence term alone.
+    """
+    presence = weighted_sigmoid_bce(logits[:, 0], label, pos_weight=pos_weight)
+    num_types = logits.shape[1] - 1
+    if num_types == 0:
+        return presence, presence
+    has_type = (label >= 0.5) & (finding_type >= 0) & (finding_type < num_types)
+    safe = jnp.where(has_type, finding_type, 0)
+    typed = optax.softmax_cross_entropy_with_integer_labels(logits[:, 1:], safe)
+    return presence + type_weight * jnp.where(has_type, typed, 0.0), presence
+
+
+def make_classifier_loss(apply_fn: Callable[[Any, Array], Array], config: ClassifierLossConfig) -> LossFn:
+    """The train-step loss ``loss_fn(params, batch, key)`` of a presence + type classifier.
+
+    Args:
+      apply_fn: ``apply_fn(params, images) -> [N, 1 + T]`` logits.
+      config: the loss options.
+
+    Returns:
+      A loss over batches ``{"image": [N, H, W, C], "label": [N], "finding_type":
+      [N] int, "weight": [N] (optional, default 1)}``: the weighted mean of
+      :func:`presence_type_losses`; metrics ``presence`` (weighted mean
+      presence term) and ``accuracy`` (presence at logit 0, weighted).
+    """
+
+    def loss_fn(params, batch, key):
+        del key
+        logits = apply_fn(params, batch["image"])
+        label = batch["label"].astype(jnp.float32)
+        weight = batch.get("weight")
+        weight = jnp.ones_like(label) if weight is None else weight.astype(jnp.float32)
+        total, presence = presence_type_losses(logits, label, batch["finding_type"], pos_weight=config.pos_weight,
+                                               type_weight=config.type_weight)
+        norm = jnp.maximum(jnp.sum(weight), 1e-6)
+        correct = ((logits[:, 0] > 0) == (label >= 0.5)).astype(jnp.float32)
+        metrics = {"presence": jnp.sum(weight * presence) / norm, "accuracy": jnp.sum(weight * correct) / norm}
+        return jnp.sum(weight * total) / norm, metrics
+
+    return loss_fn

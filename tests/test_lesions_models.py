@@ -1,0 +1,122 @@
+"""The lesion model's pieces: fusions, per-modality maps, the encoder taken from the U-Net, the ordinal loss.
+
+Expected values are computed independently: numpy by hand (the fusions'
+formulas, the cumulative-link probabilities as differences of sigmoids) and
+Flax's own record of the U-Net's intermediate outputs.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmed.losses import cumulative_link_log_probs, cumulative_link_nll, localiser_pixel_loss
+from jaxmed.models import MapClassifier, MultiModalLocaliser, UNet, UNetEncoder, encoder_params_from_unet, fuse_logits
+from jaxmed.models.localiser import modality_inputs
+
+TINY = dict(features=4, depth=1, norm_groups=4)
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def test_fusions_match_their_formulas(rng):
+    logits = rng.normal(0, 4, size=(5, 7, 3)).astype(np.float32)
+    logits[0, 0] = [30.0, -30.0, 0.0]  # saturated maps stay finite in the mean
+    p = _sigmoid(logits.astype(np.float64))
+    mean = jax.jit(lambda l: fuse_logits(l, "mean"))(logits)
+    np.testing.assert_allclose(_sigmoid(np.asarray(mean, np.float64)), p.mean(-1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(lambda l: fuse_logits(l, "max"))(logits), logits.max(-1))
+    with pytest.raises(ValueError, match="mean' or 'max"):
+        fuse_logits(logits, "learned")
+
+
+def test_modality_inputs_layout():
+    x = jnp.arange(2 * 4 * 4 * 3, dtype=jnp.float32).reshape(2, 4, 4, 3)
+    inputs = modality_inputs(x)
+    assert inputs.shape == (6, 4, 4, 4)
+    for m in range(3):
+        for i in range(2):
+            np.testing.assert_array_equal(inputs[m * 2 + i, ..., 0], x[i, ..., m])
+            np.testing.assert_array_equal(inputs[m * 2 + i, 0, 0, 1:], np.eye(3)[m])
+
+
+def test_each_modality_map_sees_only_its_own_image(rng):
+    model = MultiModalLocaliser(**TINY, feature_channels=4, fusion_hidden=4, fusion="learned")
+    x = jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32)
+    params = model.init(jax.random.key(0), x)
+    apply = jax.jit(lambda p, x: model.apply(p, x, with_maps=True))
+    out = apply(params, x)
+    changed = apply(params, x.at[..., 2].multiply(-3.0))
+    np.testing.assert_array_equal(out["maps"][..., :2], changed["maps"][..., :2])
+    assert not np.allclose(out["maps"][..., 2], changed["maps"][..., 2])
+    assert out["fused"].shape == (2, 16, 16, 1) and out["maps"].shape == (2, 16, 16, 3)
+    assert not np.allclose(out["fused"], changed["fused"])  # the learned fusion sees every modality
+
+
+def test_classifier_encoder_starts_as_the_localisers_unet_encoder(rng):
+    """With the U-Net's weights the encoder gives the U-Net's own bottleneck (Flax's intermediate record)."""
+    unet = UNet(**TINY, out_channels=4)
+    x = jnp.asarray(rng.normal(size=(3, 16, 16, 4)), jnp.float32)  # image + 3-modality code
+    unet_params = unet.init(jax.random.key(1), x)["params"]
+    _, state = unet.apply({"params": unet_params}, x, capture_intermediates=True, mutable=["intermediates"])
+    bottleneck = state["intermediates"]["ConvBlock_1"]["__call__"][0]
+    encoder = UNetEncoder(**TINY)
+    with_map = jnp.concatenate([x, jnp.asarray(rng.uniform(size=(3, 16, 16, 1)), jnp.float32)], axis=-1)
+    enc_params = encoder.init(jax.random.key(2), with_map)["params"]
+    taken = encoder_params_from_unet(unet_params, enc_params)
+    np.testing.assert_allclose(encoder.apply({"params": taken}, with_map), bottleneck, rtol=1e-5, atol=1e-5)
+    first = taken["ConvBlock_0"]["Conv_0"]["kernel"]
+    np.testing.assert_array_equal(first[..., 4, :], 0.0)  # the map's input kernel starts at 0
+    with pytest.raises(ValueError, match="U-Net"):
+        encoder_params_from_unet(unet_params, UNetEncoder(features=4, depth=2, norm_groups=4).init(
+            jax.random.key(3), with_map)["params"])
+
+
+def test_map_classifier_outputs_increasing_cutpoints(rng):
+    model = MapClassifier(**TINY, hidden=8)
+    x = jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32)
+    p = jnp.asarray(rng.uniform(size=(2, 16, 16)), jnp.float32)
+    out = model.apply(model.init(jax.random.key(0), x, p), x, p)
+    c = np.asarray(out["cumulative_logits"])
+    assert c.shape == (2, 4) and np.all(np.diff(c, axis=1) < 0)
+    np.testing.assert_allclose(c[:, 0], out["score"], rtol=1e-6)  # the first cut-point starts at 0
+    # One score per exam, cut-points shared by all exams (proportional odds).
+    np.testing.assert_allclose(c - c[:, :1], np.broadcast_to(c[:1] - c[:1, :1], c.shape), rtol=1e-5, atol=1e-6)
+
+
+def test_cumulative_link_probabilities_by_hand(rng):
+    cuts = np.sort(rng.normal(0, 2, size=(6, 4)), axis=1)
+    c = rng.normal(0, 3, size=(6, 1)) - cuts  # decreasing
+    above = _sigmoid(c.astype(np.float64))
+    expected = np.concatenate([1 - above[:, :1], above[:, :-1] - above[:, 1:], above[:, -1:]], axis=1)
+    log_probs = jax.jit(cumulative_link_log_probs)(jnp.asarray(c, jnp.float32))
+    np.testing.assert_allclose(np.exp(log_probs), expected, rtol=2e-5, atol=1e-7)
+    np.testing.assert_allclose(np.exp(log_probs).sum(1), 1.0, rtol=1e-5)
+    labels = np.array([0, 1, 2, 3, 4, 2])
+    nll = jax.jit(cumulative_link_nll)(jnp.asarray(c, jnp.float32), jnp.asarray(labels))
+    np.testing.assert_allclose(nll, -np.log(expected[np.arange(6), labels]), rtol=2e-4, atol=1e-5)
+
+
+def test_cumulative_link_nll_saturated():
+    """Differences of sigmoids near 1: sigmoid(40) - sigmoid(39) = e^-39 (1 - e^-1) to within e^-78."""
+    c = jnp.asarray([[40.0, 39.0, -20.0, -41.0]] * 3)
+    nll = jax.jit(cumulative_link_nll)(c, jnp.asarray([0, 1, 4]))
+    np.testing.assert_allclose(nll, [40.0, 39.0 - np.log1p(-np.exp(-1.0)), 41.0], rtol=1e-6)
+    grads = jax.grad(lambda c: cumulative_link_nll(c, jnp.asarray([0, 1, 4])).sum())(c)
+    assert np.all(np.isfinite(grads))
+
+
+def test_localiser_pixel_loss_by_hand(rng):
+    fused = rng.normal(size=(5, 5)).astype(np.float32)
+    maps = rng.normal(size=(5, 5, 3)).astype(np.float32)
+    target = (rng.uniform(size=(5, 5)) < 0.3).astype(np.float32)
+
+    def bce(z, y):
+        return -(y * np.log(_sigmoid(z)) + (1 - y) * np.log(1 - _sigmoid(z)))
+
+    w = 1 + 4.0 * target
+    expected = w * bce(fused, target) + 0.5 * np.mean(w[..., None] * bce(maps, target[..., None]), axis=-1)
+    np.testing.assert_allclose(localiser_pixel_loss(fused, maps, target, pos_weight=5.0, modality_weight=0.5),
+                               expected, rtol=1e-5)
