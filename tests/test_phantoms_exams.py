@@ -22,7 +22,7 @@ from jaxmed.data.phantoms import (
     sample_patient,
     write_exam,
 )
-from jaxmed.data.phantoms import mri
+from jaxmed.data.phantoms import patient as patient_model
 from jaxmed.io import read_image, read_series
 
 LABEL = {name: t.label for name, t in EXAM_TISSUES.items()}
@@ -53,8 +53,8 @@ def _grade_by_hand(adc, volume, dwi):
     ],
 )
 def test_grade_rule_on_hand_picked_values(adc, volume, dwi, score, grade):
-    assert int(mri.lesion_score(adc, volume, dwi)) == score
-    assert int(jax.jit(mri.lesion_grade)(adc, volume, dwi)) == grade == _grade_by_hand(adc, volume, dwi)
+    assert int(patient_model.lesion_score(adc, volume, dwi)) == score
+    assert int(jax.jit(patient_model.lesion_grade)(adc, volume, dwi)) == grade == _grade_by_hand(adc, volume, dwi)
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +168,7 @@ def test_physical_mode_geometry_is_in_mm(physical):
     affine = physical["affine"][0].astype(float)
     np.testing.assert_allclose(np.linalg.norm(affine[:3, :3], axis=0), PHYSICAL.spacing_mm)
     np.testing.assert_allclose(affine[:3, :3] @ ((np.array(PHYSICAL.shape) - 1) / 2) + affine[:3, 3], 0, atol=1e-5)
-    np.testing.assert_allclose(affine, mri.axial_affine(PHYSICAL.shape, PHYSICAL.spacing_mm), atol=1e-6)
+    np.testing.assert_allclose(affine, patient_model.axial_affine(PHYSICAL.shape, PHYSICAL.spacing_mm), atol=1e-6)
     patient = jax.jit(functools.partial(sample_patient, config=WITH_LESIONS))(
         jax.random.fold_in(jax.random.fold_in(jax.random.key(1), 0), 0)
     )

@@ -8,7 +8,8 @@ A new kind adds a module, a config, a sampler and an entry here.
 Kinds:
 
 * ``"mri"`` (:mod:`jaxmed.data.phantoms.mri`): multi-contrast pelvic MRI
-  (T2, ADC, high-b DWI) with lesions, 2D or 3D.
+  (T2, ADC, high-b DWI) with lesions, 2D or 3D; in physical mode a patient
+  of :mod:`jaxmed.data.phantoms.patient` (LPS millimetres, graded lesions).
 * ``"chest"`` (:mod:`jaxmed.data.phantoms.chest`): PA chest radiographs at
   full resolution (1024 or 2048 pixels) with lung, heart and finding masks
   and a structured truth record (`chest_truth`).
@@ -40,17 +41,9 @@ from jaxmed.data.phantoms.chest import (
     sample_chest,
 )
 from jaxmed.data.phantoms.exams import SITES, ExamConfig, SiteProfile, exam_truth, sample_exam, write_exam
-from jaxmed.data.phantoms.mri import (
-    CONTRASTS,
-    EXAM_TISSUES,
-    TISSUES,
-    MRIPhantomConfig,
-    PatientConfig,
-    Tissue,
-    lesion_grade,
-    sample_mri,
-    sample_patient,
-)
+from jaxmed.data.phantoms.mri import CONTRASTS, MRIPhantomConfig, sample_mri
+from jaxmed.data.phantoms.patient import PatientConfig, lesion_grade, sample_patient
+from jaxmed.data.phantoms.tissues import EXAM_TISSUES, TISSUES, Tissue
 
 __all__ = [
     "CONTRASTS",

@@ -1,7 +1,7 @@
 """mpMRI exams of the pelvic phantom as acquired at a site: one grid per modality, misregistered, with truth.
 
 Kind ``"mri_exam"`` of :data:`jaxmed.data.phantoms.PHANTOMS` (`ExamConfig`,
-`sample_exam`). An exam is a patient (`jaxmed.data.phantoms.mri.sample_patient`,
+`sample_exam`). An exam is a patient (`jaxmed.data.phantoms.patient.sample_patient`,
 drawn in LPS mm and independent of the site) imaged at a site (`SiteProfile`,
 `SITES`) by `acquire_exam`:
 
@@ -60,10 +60,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmed.data.phantoms._draw import irwin_hall_normal, random_words, rician, rotation_matrix, uniform, wave_field_grid
-from jaxmed.data.phantoms.mri import (
+from jaxmed.data.phantoms.patient import (
     ADC_POINTS,
     DWI_POINTS,
-    EXAM_TISSUES,
     GRADE_SCORES,
     REFERENCE_B,
     REFERENCE_TE_MS,
@@ -75,6 +74,7 @@ from jaxmed.data.phantoms.mri import (
     render_patient,
     sample_patient,
 )
+from jaxmed.data.phantoms.tissues import EXAM_TISSUES
 
 __all__ = ["ROLES", "SITES", "ExamConfig", "SiteProfile", "acquire_exam", "exam_truth", "sample_exam", "write_exam"]
 
@@ -432,7 +432,7 @@ def acquire_exam(key: jax.Array, patient: dict[str, jax.Array], config: ExamConf
 
     Args:
         key: PRNG key of the acquisition (planning, motion, gains, bias, noise).
-        patient: from `jaxmed.data.phantoms.mri.sample_patient`.
+        patient: from `jaxmed.data.phantoms.patient.sample_patient`.
         config: the exam settings (static under jit).
 
     Returns:
@@ -447,7 +447,7 @@ def acquire_exam(key: jax.Array, patient: dict[str, jax.Array], config: ExamConf
           ``k``), ``"tissue"`` int32 ``[*T]`` (labels of `EXAM_TISSUES`),
           ``"organ_mask"`` bool ``[*T]``; ``"dwi_lesion_labels"`` int32
           ``[*D]`` (lesions as the moved anatomy puts them on the DWI grid);
-        * the records of `jaxmed.data.phantoms.mri.lesion_records` on the T2
+        * the records of `jaxmed.data.phantoms.patient.lesion_records` on the T2
           grid (``"lesion_valid"``, ``"lesion_grade"``, ...,
           ``"max_grade"``, ``"significant"``) and ``"organ_centre_mm"``;
         * ``"misregistration"`` float32 ``[4, 4]`` (``M``: T2-time position
