@@ -12,7 +12,7 @@ import pytest
 from _helpers import numpy_params
 
 from jaxmed.models import LIKELIHOODS, PRESETS, VAE, VAEConfig, vae_latent_model
-from jaxmed.models.layers import (
+from jaxmed.models.conv import (
     DOWN_IMPLS,
     UP_IMPLS,
     conv_transpose,
