@@ -21,6 +21,7 @@ from jaxmed.tasks.scan_quality import (
     auroc_table,
     demo_config,
     format_auroc_table,
+    locally_calibrated_flagged,
     make_test_set,
     subset_indices,
 )
@@ -154,6 +155,22 @@ def test_make_test_set_by_hand(rng):
     expected = np.clip(np.asarray(ARTEFACTS["noise"](k, jnp.asarray(normal[2, ..., 0]), severity=0.5)), 0, 1)
     np.testing.assert_allclose(test.images[3 + 6 + 3 + 2, ..., 0], expected, atol=1e-6)
     assert test.images.min() >= 0.0 and test.images.max() <= 1.0
+
+
+def test_local_calibration_by_hand():
+    # Six clean slices, one corrupted copy of each. Blocks of 2 by slice index: folds 0 0 1 1 0 0.
+    clean = [5.0, 6.0, 4.0, 7.0, 3.0, 8.0]
+    corrupted = [4.5, 2.0, 3.5, 3.9, 10.0, 1.0]
+    order = [2, 0, 5, 1, 4, 3]  # rows in any order: the blocks follow `source`
+    source = np.asarray(order + order)
+    test = TestSet(np.zeros((12, 1, 1, 1), np.float32), np.asarray([0] * 6 + [1] * 6),
+                   np.asarray(["normal"] * 6 + ["motion"] * 6), source)
+    scores = np.asarray([clean[i] for i in order] + [corrupted[i] for i in order])
+    # fpr 0: each threshold is its fold's lowest clean score: fold 0 -> 3 (slice 4), fold 1 -> 4 (slice 2).
+    # Fold 1's threshold (4) judges fold 0: clean slice 4 (3) is flagged; copies of slices 1 (2) and 5 (1) are.
+    # Fold 0's threshold (3) judges fold 1: nothing below 3 there.
+    rates = locally_calibrated_flagged(test, scores, fpr=0.0, block=2)
+    assert rates == {"normal": pytest.approx(1 / 6), "motion": pytest.approx(2 / 6)}
 
 
 def test_subset_takes_the_first_copies_of_the_same_slices():

@@ -31,6 +31,7 @@ __all__ = [
     "calibrate_on_validation",
     "format_auroc_table",
     "learned_noise_scale",
+    "locally_calibrated_flagged",
     "pca_scores",
     "reconstruct",
     "mean_auroc_table",
@@ -171,6 +172,42 @@ def calibrate_on_validation(
     save_calibration(trained.run_dir, calibrations, spec=spec, force=True,
                      info={"source": source, "num_slices": int(num_slices)})
     return calibrations
+
+
+def locally_calibrated_flagged(test: TestSet, normality: np.ndarray, *, fpr: float, block: int = 3) -> dict[str, float]:
+    """Flagged fractions per group after calibrating on the subject's own clean slices, two-fold.
+
+    The workflow the README recommends for a new site ("train on many,
+    calibrate on the site's own normals"), measured on one subject: its clean
+    slices are cut into consecutive blocks of ``block`` (neighbouring slices
+    are near-copies, so single alternate slices would leak); the threshold is
+    calibrated (:func:`~jaxmed.tasks.scan_quality.decision.calibrate`, at
+    ``fpr``) on the even blocks and applied to the clean slices of the odd
+    blocks and to every corrupted copy of them, then the other way round.
+
+    Args:
+      test: one subject's test set (``source`` says which clean slice each
+        image came from).
+      normality: ``[N]`` normality scores of ``test.images`` (higher = more
+        normal).
+      fpr: target false-positive rate of each calibration.
+      block: slices per block.
+
+    Returns:
+      ``{group: fraction called abnormal}`` over both folds (``"normal"``:
+      the false-positive rate).
+    """
+    normality = np.asarray(normality, dtype=np.float64)
+    clean = np.flatnonzero(test.groups == "normal")
+    order = clean[np.argsort(test.source[clean])]
+    fold_of_source = {int(test.source[i]): (k // block) % 2 for k, i in enumerate(order)}
+    fold = np.asarray([fold_of_source[int(s)] for s in test.source])
+    called = np.zeros(len(normality), bool)
+    for f in (0, 1):
+        threshold = calibrate(normality[clean[fold[clean] == f]], fpr=fpr).threshold
+        held = fold != f
+        called[held] = normality[held] < threshold
+    return {str(g): float(np.mean(called[test.groups == g])) for g in dict.fromkeys(test.groups)}
 
 
 def pca_scores(train: np.ndarray, images: np.ndarray, *, num_components: int) -> np.ndarray:

@@ -55,6 +55,7 @@ from jaxmed.tasks.scan_quality.evaluation import (
     calibrate_on_validation,
     format_auroc_table,
     learned_noise_scale,
+    locally_calibrated_flagged,
     mean_auroc_table,
     pca_scores,
     reconstruct,
@@ -75,6 +76,8 @@ CHECKPOINT_DIR = "checkpoint"
 _TEST_SET, _BOOTSTRAP = 4, 6
 # Key indices of the scored images: each set its own range (image i of a set: offset + i).
 _VAL_OFFSET, _CALIBRATION_OFFSET, _NEW_OFFSET = 10**6, 2 * 10**6, 3 * 10**6
+# Local calibration of a new subject: alternate blocks of this many neighbouring slices.
+_LOCAL_BLOCK = 3
 
 # Table column of each VAE score (jaxmed.tasks.scan_quality.SCORES), and its axis label.
 COLUMNS = {"log_px": "log p(x)", "complexity": "complexity", "likelihood_ratio": "LR"}
@@ -264,6 +267,11 @@ def _table_text(config: DemoConfig, tables: dict, sets: _Sets, flagged: dict, nu
              f"normal slices: the template's validation slices and {config.calibration_subjects if sets.new else 0} "
              f"held-out synthetic subjects; target false-positive rate {config.fpr}):")
     for name, rates in flagged.items():
+        if name.endswith("calibrated locally"):
+            text += (f"\nCalled abnormal after calibrating on each new subject's own clean slices (threshold from "
+                     f"alternate blocks of {_LOCAL_BLOCK} slices, rates on the others, two-fold; the workflow of "
+                     f"`jaxmed calibrate` at a new site):")
+            name = "new subjects"
         text += f"\n  {name}: " + ", ".join(f"{g} {r:.0%}" for g, r in rates.items())
     return text
 
@@ -375,6 +383,9 @@ def run_demo(
         flagged["new subjects"] = _flagged(np.concatenate([decisions[f"new subject {s + 1}"].normal
                                                            for s in range(len(sets.new))]),
                                            np.concatenate([test.groups for test in sets.new]))
+        local = [locally_calibrated_flagged(test, scores[f"new subject {s + 1}"][config.decision_score],
+                                            fpr=config.fpr, block=_LOCAL_BLOCK) for s, test in enumerate(sets.new)]
+        flagged["new subjects, calibrated locally"] = {g: float(np.mean([r[g] for r in local])) for g in local[0]}
     estimates = {name: np.full(len(sets.template.labels), np.nan) for name in ("mcmc", "ais")}
     for name in estimates:
         if name in subset:
