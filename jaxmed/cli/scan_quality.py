@@ -11,14 +11,15 @@ import sys
 from pathlib import Path
 
 NAME = "scan-quality"
-HELP = "scan-quality classification of MRI by a VAE's log p(x): calibrate, score"
+HELP = "scan-quality classification of MRI by a VAE's log p(x) and complexity-corrected scores: calibrate, score"
 # Verbs also registered at the top level, under jaxmed 0.1.0's names.
 TOP_LEVEL_VERBS = ("calibrate", "score")
 
 
 DESCRIPTION = ("Scan-quality classification: a VAE trained on normal scans (jaxmed train, jaxmed demo) scores "
-               "each slice by an estimate of log p(x); calibrate sets the decision threshold on normal scans, "
-               "score decides for new ones.")
+               "each slice by an estimate of log p(x), its complexity-corrected form and (with a background model) "
+               "the likelihood ratio; calibrate sets the decision thresholds on normal scans (calibrate on the "
+               "site's own normals), score decides for new ones.")
 
 
 def add_verbs(subparsers, names=("calibrate", "score"), *, note: str = "") -> None:
