@@ -50,7 +50,7 @@ from jaxmed.tasks.chest import SegmentConfig, extract_segments, kind_masks, regi
 from _machine import machine
 
 
-def torch_network(params, channels):
+def torch_network(params, channels, *, input_mean=0.0, input_std=1.0, map_head=False):
     import torch
     import torch.nn.functional as F
 
@@ -62,14 +62,21 @@ def torch_network(params, channels):
     layers = [(conv_weight(p[f"down_{i}"]["kernel"]), p[f"down_{i}"]["bias"],
                conv_weight(p[f"conv_{i}"]["kernel"]), p[f"conv_{i}"]["bias"]) for i in range(len(channels))]
     head_w, head_b = p["head"]["kernel"].T.contiguous(), p["head"]["bias"]
+    if map_head:
+        map_w, map_b = conv_weight(p["map"]["kernel"]), p["map"]["bias"]
 
     def forward(x):  # x: (N, 1, H, W)
+        x = (x - input_mean) / input_std
         for wd, bd, wc, bc in layers:
             # XLA "SAME" for a 4x4 stride-2 kernel on an even size: one pixel each side.
             x = F.relu(F.conv2d(F.pad(x, (1, 1, 1, 1)), wd, bd, stride=2))
             x = F.relu(F.conv2d(x, wc, bc, padding=1))
         emb = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
-        return emb @ head_w.T + head_b
+        logits = emb @ head_w.T + head_b
+        if map_head:  # presence: the largest cell of the 1x1-convolution map
+            cells = F.conv2d(x, map_w, map_b)[:, 0]
+            logits = torch.cat([cells.amax(dim=(1, 2))[:, None], logits[:, 1:]], dim=1)
+        return logits
 
     return forward
 
@@ -117,7 +124,8 @@ def main() -> None:
                  for b in range(args.batch) for (r, c), kind in zip(layout.corners[b], layout.kinds[b])]
         return forward(params, jnp.stack(crops))
 
-    torch_forward = torch_network(params, net_config.channels)
+    torch_forward = torch_network(params, net_config.channels, input_mean=net_config.input_mean,
+                                  input_std=net_config.input_std, map_head=net_config.map_head)
     torch_images = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).contiguous()
 
     def torch_pipeline():

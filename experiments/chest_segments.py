@@ -218,12 +218,14 @@ def main() -> None:
     base = config.classifier.channels
     small = config.regions.input_size
     wide = f"whole {small} wide"
+    centred = {"input_mean": 0.5, "input_std": 0.25}  # as the segment classifier: inputs in [0, 1]
     methods = {
-        f"whole {small}": ClassifierConfig(image_shape=(small, small, 1), channels=base),
-        wide: ClassifierConfig(image_shape=(small, small, 1), channels=tuple(3 * c for c in base)),
+        f"whole {small}": ClassifierConfig(image_shape=(small, small, 1), channels=base, **centred),
+        wide: ClassifierConfig(image_shape=(small, small, 1), channels=tuple(3 * c for c in base), **centred),
     }
     if not args.skip_full:
-        methods[f"whole {config.grid}"] = ClassifierConfig(image_shape=(config.grid, config.grid, 1), channels=base)
+        methods[f"whole {config.grid}"] = ClassifierConfig(image_shape=(config.grid, config.grid, 1), channels=base,
+                                                           **centred)
     inputs = {small: whole_inputs(train["image"], small), config.grid: train["image"]}
     params = {}
     for name, cfg in methods.items():

@@ -119,3 +119,22 @@ def test_finding_bits_round_trip(rng):
     bits = pack_findings(masks)
     assert bits.dtype == np.uint8 and bits.shape == (2, 8, 8)
     np.testing.assert_array_equal(np.asarray(unpack_findings(jnp.asarray(bits[1]), 3)), masks[1])
+
+
+def test_conv_classifier_centres_its_input_and_reads_presence_from_the_map(rng):
+    x = jnp.asarray(rng.uniform(size=(2, 16, 16, 1)), jnp.float32)
+    plain = ConvClassifier(channels=(4, 8), num_outputs=3)
+    centred = ConvClassifier(channels=(4, 8), num_outputs=3, input_mean=0.5, input_std=0.25)
+    params = plain.init(jax.random.key(0), x)
+    np.testing.assert_allclose(np.asarray(centred.apply(params, x)), np.asarray(plain.apply(params, (x - 0.5) / 0.25)),
+                               atol=1e-5)
+    mapped = ConvClassifier(channels=(4, 8), num_outputs=3, map_head=True)
+    params = mapped.init(jax.random.key(1), x)
+    logits, emb, cells = mapped.apply(params, x, with_embedding=True, with_map=True)
+    assert cells.shape == (2, 4, 4) and emb.shape == (2, 16)
+    head = params["params"]["head"]
+    dense = np.asarray(emb) @ np.asarray(head["kernel"]) + np.asarray(head["bias"])
+    np.testing.assert_allclose(np.asarray(logits[:, 0]), np.asarray(cells).max(axis=(1, 2)), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(logits[:, 1:]), dense[:, 1:], atol=1e-5)
+    with pytest.raises(ValueError, match="map_head"):
+        plain.apply(plain.init(jax.random.key(0), x), x, with_map=True)

@@ -218,3 +218,78 @@ def test_layout_refuses_windows_larger_than_the_radiograph():
         segment_layout(jnp.zeros((64, 64), jnp.uint8), SCALED)
     with pytest.raises(ValueError, match="at least two segments"):
         SegmentConfig(rows_per_lung=1, cols_per_lung=1)
+
+
+def test_training_segments_and_their_labels_agree_with_numpy(phantoms):
+    """The train step's segments, labels and finding maps, radiograph by radiograph, against numpy crops.
+
+    Segment ``b * K + k`` of the flattened batch must be window ``k`` of
+    radiograph ``b``, and its label 1 exactly when at least
+    ``label_fraction`` of some finding lies inside that window and its
+    (dilated) region.
+    """
+    from jaxmed.tasks.chest import pack_findings
+    from jaxmed.tasks.chest.classifier import draw_training_segments
+
+    rows = [0, 1]
+    labels = np.asarray(jax.vmap(region_labels)(phantoms["right_lung"], phantoms["left_lung"], phantoms["heart"]))
+    masks = np.asarray(phantoms["finding_masks"])
+    batch = {"image": np.asarray(phantoms["image"])[rows], "labels": labels[rows],
+             "finding_bits": pack_findings(masks[rows]),
+             **{k: np.asarray(phantoms[k])[rows] for k in ("finding_valid", "finding_lung", "finding_type")}}
+    key = jax.random.key(6)
+    drawn = jax.device_get(draw_training_segments(key, batch, EXACT))
+    keys = jax.random.split(key, len(rows))
+    win = EXACT.window
+    square = np.ones((2 * EXACT.margin + 1,) * 2, bool)
+    shows = {0: (1,), 1: (2,), 2: (3,), 3: (1, 3), 4: (2, 3)}
+    num_k = EXACT.num_segments + masks.shape[1]
+    positives = 0
+    for b, i in enumerate(rows):
+        layout = jax.device_get(training_windows(keys[b], labels[i], masks[i], phantoms["finding_valid"][i],
+                                                 phantoms["finding_lung"][i], EXACT))
+        image = np.asarray(phantoms["image"][i], np.float32)[..., 0]
+        for k in range(num_k):
+            r, c = layout.corners[k]
+            region = np.zeros(labels[i].shape, bool)
+            for v in shows[int(layout.kinds[k])]:
+                region |= ndimage.binary_dilation(labels[i] == v, structure=square)
+            for lung in (1, 2):
+                if lung not in shows[int(layout.kinds[k])]:
+                    region &= labels[i] != lung
+            crop = region[r:r + win, c:c + win]
+            segment = drawn["segments"][b * num_k + k, ..., 0]
+            np.testing.assert_allclose(segment, np.where(crop, image[r:r + win, c:c + win], EXACT.fill_value),
+                                       atol=1e-6)
+            union = np.zeros(labels[i].shape, bool)
+            best = 0.0
+            for f in np.flatnonzero(phantoms["finding_valid"][i]):
+                union |= masks[i, f]
+                best = max(best, (masks[i, f][r:r + win, c:c + win] & crop).sum() / masks[i, f].sum())
+            np.testing.assert_array_equal(drawn["finding_map"][b * num_k + k], (union[r:r + win, c:c + win] & crop))
+            assert drawn["label"][b * num_k + k] == float(best >= EXACT.label_fraction)
+            positives += int(best >= EXACT.label_fraction)
+    assert positives >= len(rows)  # every phantom here has a finding, and its own window shows it
+
+
+def test_spare_training_windows_sit_anywhere_in_their_lung(phantoms):
+    """An unused finding slot's window is placed around a random lung pixel, not copied from the layout."""
+    labels = region_labels(phantoms["right_lung"][0], phantoms["left_lung"][0], phantoms["heart"][0])
+    none = jnp.zeros_like(phantoms["finding_valid"][0])
+    draw = jax.jit(lambda key: training_windows(key, labels, phantoms["finding_masks"][0], none,
+                                                phantoms["finding_lung"][0], EXACT))
+    layout = jax.device_get(segment_layout(labels, EXACT))
+    labels = np.asarray(labels)
+    win, spare_corners = EXACT.window, []
+    for s in range(20):
+        drawn = jax.device_get(draw(jax.random.key(s)))
+        for k in range(EXACT.num_segments, len(drawn.kinds)):
+            kind = int(drawn.kinds[k])
+            assert kind in (0, 1)
+            r, c = drawn.corners[k]
+            assert np.any(labels[r:r + win, c:c + win] == kind + 1)  # the window holds some of its lung
+            spare_corners.append((kind, r, c))
+    # Farther from every layout window of the same lung than the training jitter allows, at least sometimes.
+    far = [min(max(abs(r - lr), abs(c - lc)) for lr, lc, lk in zip(*layout.corners.T, layout.kinds) if lk == kind)
+           > EXACT.jitter for kind, r, c in spare_corners]
+    assert any(far) and {k for k, _, _ in spare_corners} == {0, 1}

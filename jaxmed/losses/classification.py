@@ -33,16 +33,27 @@ class ClassifierLossConfig:
       pos_weight: weight of the positive term of the presence cross-entropy
         (findings are the minority class).
       type_weight: weight of the type cross-entropy beside the presence term.
+      map_weight: weight of a dense finding-map cross-entropy (per cell of
+        the classifier's map head) beside the presence term, for callers
+        that have finding masks (the chest task's segment loss); 0: none.
+      map_pos_weight: weight of the positive cells in it (findings cover a
+        few percent of the cells).
     """
 
     pos_weight: float = 1.0
     type_weight: float = 0.5
+    map_weight: float = 0.0
+    map_pos_weight: float = 10.0
 
     def __post_init__(self):
         if not self.pos_weight > 0:
             raise ValueError(f"ClassifierLossConfig.pos_weight must be > 0, got {self.pos_weight}")
         if not self.type_weight >= 0:
             raise ValueError(f"ClassifierLossConfig.type_weight must be >= 0, got {self.type_weight}")
+        if not self.map_pos_weight > 0:
+            raise ValueError(f"ClassifierLossConfig.map_pos_weight must be > 0, got {self.map_pos_weight}")
+        if not self.map_weight >= 0:
+            raise ValueError(f"ClassifierLossConfig.map_weight must be >= 0, got {self.map_weight}")
 
 
 def presence_type_losses(

@@ -12,10 +12,13 @@ least one segment (``finding_whole``).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
 from jaxmed.losses import ClassifierLossConfig, presence_type_losses
+from jaxmed.losses.masked_region import weighted_sigmoid_bce
 from jaxmed.tasks.chest.data import unpack_findings
 from jaxmed.tasks.chest.segments import SegmentConfig, extract_segments, segment_targets, training_windows
 
@@ -35,8 +38,10 @@ def draw_training_segments(key: jax.Array, batch: dict[str, jax.Array], config: 
     Returns:
       ``{"segments": [B * K, s, s, 1], "label", "weight": [B * K] float32,
       "finding_type": [B * K] int32, "whole": [B, F] bool (finding f of
-      radiograph b lies whole in some segment), "finding_valid": [B, F]}``
-      with ``K = config.num_segments + F``.
+      radiograph b lies whole in some segment), "finding_valid": [B, F],
+      "finding_map": [B * K, s, s]`` float32 (the share of each segment
+      pixel covered by a visible finding, resampled as the segment is),
+      ``"valid": [B * K] bool}`` with ``K = config.num_segments + F``.
     """
     num_slots = batch["finding_valid"].shape[1]
     keys = jax.random.split(key, batch["image"].shape[0])
@@ -46,27 +51,36 @@ def draw_training_segments(key: jax.Array, batch: dict[str, jax.Array], config: 
         layout = training_windows(key, labels, masks, valid, lung, config)
         segments = extract_segments(image, labels, layout, config)
         targets = segment_targets(labels, masks, valid, finding_type, layout, config)
-        return segments, targets["label"], targets["weight"], targets["finding_type"], jnp.any(targets["whole"], 0)
+        shown = jnp.any(masks & valid[:, None, None], axis=0)[..., None].astype(jnp.float32)
+        finding_map = extract_segments(shown, labels, layout, dataclasses.replace(config, fill_value=0.0))[..., 0]
+        return (segments, targets["label"], targets["weight"], targets["finding_type"], jnp.any(targets["whole"], 0),
+                finding_map, layout.valid)
 
-    segments, label, weight, finding_type, whole = jax.vmap(one)(
+    segments, label, weight, finding_type, whole, finding_map, seg_valid = jax.vmap(one)(
         keys, batch["image"], batch["labels"], batch["finding_bits"], batch["finding_valid"].astype(bool),
         batch["finding_lung"], batch["finding_type"])
     return {"segments": segments.reshape(-1, *segments.shape[2:]), "label": label.reshape(-1),
             "weight": weight.reshape(-1), "finding_type": finding_type.reshape(-1), "whole": whole,
-            "finding_valid": batch["finding_valid"].astype(bool)}
+            "finding_valid": batch["finding_valid"].astype(bool),
+            "finding_map": finding_map.reshape(-1, *finding_map.shape[2:]), "valid": seg_valid.reshape(-1)}
 
 
 def make_segment_loss(apply_fn, segments: SegmentConfig, loss: ClassifierLossConfig):
     """The segment classifier's train-step loss ``loss_fn(params, batch, key)``.
 
     Args:
-      apply_fn: ``apply_fn(params, segments) -> [N, 1 + T]`` logits.
+      apply_fn: ``apply_fn(params, segments) -> [N, 1 + T]`` logits (with
+        ``loss.map_weight > 0``, ``apply_fn(params, segments, with_map=True)
+        -> (logits, [N, m, m] cell logits)``: a classifier with a map head).
       segments: the segments' settings.
       loss: the presence + type loss options.
 
     Returns:
       A loss over radiograph batches (:func:`draw_training_segments`): the
-      weighted mean over segments, nats; metrics ``presence``,
+      weighted mean over segments, nats, plus ``map_weight`` times the mean
+      cell cross-entropy of the finding map (a cell's target: 4 times the
+      share of it a visible finding covers, at most 1; positive cells weighted
+      by ``map_pos_weight``); metrics ``map``, ``presence``,
       ``accuracy``, ``positive_fraction`` (of the weighted segments) and
       ``finding_whole`` (share of the batch's findings lying whole in at
       least one segment; NaN-free: 1 when there are none).
@@ -74,7 +88,17 @@ def make_segment_loss(apply_fn, segments: SegmentConfig, loss: ClassifierLossCon
 
     def loss_fn(params, batch, key):
         drawn = draw_training_segments(key, batch, segments)
-        logits = apply_fn(params, drawn["segments"])
+        if loss.map_weight > 0:
+            logits, cell_logits = apply_fn(params, drawn["segments"], with_map=True)
+            n, m1, m2 = cell_logits.shape
+            cells = jax.image.resize(drawn["finding_map"], (n, m1, m2), "linear", antialias=True)
+            # A cell is positive when a finding covers a quarter of it (small nodules fill little of a cell).
+            cell_target = jnp.clip(4.0 * cells, 0.0, 1.0)
+            dense = jnp.mean(weighted_sigmoid_bce(cell_logits, cell_target, pos_weight=loss.map_pos_weight),
+                             axis=(1, 2))
+        else:
+            logits = apply_fn(params, drawn["segments"])
+            dense = jnp.zeros(logits.shape[:1])
         total, presence = presence_type_losses(logits, drawn["label"], drawn["finding_type"],
                                                pos_weight=loss.pos_weight, type_weight=loss.type_weight)
         weight = drawn["weight"]
@@ -86,6 +110,9 @@ def make_segment_loss(apply_fn, segments: SegmentConfig, loss: ClassifierLossCon
                    "positive_fraction": jnp.sum(weight * drawn["label"]) / norm,
                    "finding_whole": jnp.where(num_findings > 0, whole / jnp.maximum(num_findings, 1), 1.0),
                    "num_findings": num_findings.astype(jnp.float32), "num_whole": whole.astype(jnp.float32)}
-        return jnp.sum(weight * total) / norm, metrics
+        valid = drawn["valid"].astype(jnp.float32)
+        map_loss = jnp.sum(valid * dense) / jnp.maximum(jnp.sum(valid), 1.0)
+        metrics["map"] = map_loss
+        return jnp.sum(weight * total) / norm + loss.map_weight * map_loss, metrics
 
     return loss_fn

@@ -62,13 +62,13 @@ class ChestConfig:
     region_lr: float = 2e-3
     segments: SegmentConfig = field(default_factory=SegmentConfig)
     classifier: ClassifierConfig = field(default_factory=lambda: CLASSIFIER_PRESETS["segment272"])
-    loss: ClassifierLossConfig = field(default_factory=lambda: ClassifierLossConfig(pos_weight=2.0))
+    loss: ClassifierLossConfig = field(default_factory=lambda: ClassifierLossConfig(pos_weight=2.0, map_weight=3.0))
     phantom_findings: tuple[tuple[str, Any], ...] = (
         ("finding_probability", 0.6), ("max_findings", 2), ("type_probabilities", (0.7, 0.1, 0.1, 0.1)))
     num_train: int = 240
     classifier_steps: int = 600
     classifier_batch_size: int = 2
-    classifier_lr: float = 1e-3
+    classifier_lr: float = 2e-3
     attention_hidden: int = 64
     attention_steps: int = 300
     attention_lr: float = 3e-3
@@ -92,6 +92,8 @@ class ChestConfig:
         if self.classifier.num_outputs != 1 + len(FINDING_TYPES):
             raise ValueError(f"ChestConfig: the classifier needs 1 + {len(FINDING_TYPES)} outputs (presence, types), "
                              f"got {self.classifier.num_outputs}")
+        if self.loss.map_weight > 0 and not self.classifier.map_head:
+            raise ValueError("ChestConfig: loss.map_weight > 0 needs a classifier with map_head=True")
         if self.decision not in ("attention", "noisy_or", "max"):
             raise ValueError(f"ChestConfig.decision must be attention, noisy_or or max, got {self.decision!r}")
         if not 0.0 < self.threshold < 1.0:
@@ -149,13 +151,15 @@ PRESETS: dict[str, ChestConfig] = {
     "demo": ChestConfig(
         grid=512, regions=RegionNetConfig(input_size=128, features=8, depth=4), num_region_train=32,
         region_steps=200, region_batch_size=8, segments=SegmentConfig(segment_size=144, scale=0.8, margin=4, jitter=16),
-        classifier=ClassifierConfig(image_shape=(144, 144, 1), channels=(16, 32, 64, 128), num_outputs=5),
+        classifier=ClassifierConfig(image_shape=(144, 144, 1), channels=(16, 32, 64, 128), num_outputs=5,
+                                    input_mean=0.5, input_std=0.25, map_head=True),
         num_train=96, classifier_steps=200, classifier_batch_size=2, attention_steps=200, num_eval=24),
     "quick": ChestConfig(
         grid=256, regions=RegionNetConfig(input_size=64, features=8, depth=3), region_fovs_mm=(360.0,),
         num_region_train=16, region_steps=40, region_batch_size=8, region_lr=3e-3,
         segments=SegmentConfig(segment_size=68, scale=0.8, margin=2, jitter=8),
-        classifier=ClassifierConfig(image_shape=(68, 68, 1), channels=(8, 16), num_outputs=5),
+        classifier=ClassifierConfig(image_shape=(68, 68, 1), channels=(8, 16), num_outputs=5, input_mean=0.5,
+                                    input_std=0.25, map_head=True),
         num_train=16, classifier_steps=20, classifier_batch_size=2, attention_steps=30, num_eval=6),
 }
 

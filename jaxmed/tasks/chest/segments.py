@@ -283,7 +283,10 @@ def training_windows(
     Finding slot ``f`` adds a window in that finding's lung (kind 0 or 1)
     with its corner drawn uniformly among those that hold the finding's
     bounding box whole; a box larger than the window gets it centred. An
-    unused slot adds a jittered copy of a random lung window of the layout.
+    unused slot adds a window drawn the same way around a random pixel of a
+    random lung (drawn uniformly over that lung), so that where a window
+    sits in the lung tells nothing about a finding (a jittered layout copy
+    would: the classifier would learn that off-layout windows are positive).
 
     Args:
       key: PRNG key.
@@ -304,8 +307,7 @@ def training_windows(
     shift = jax.random.randint(k_jitter, layout.corners.shape, -config.jitter, config.jitter + 1)
     corners = clamp_corners(layout.corners + shift, image_shape=(h, w), window=(win, win))
 
-    def finding_window(key, mask):
-        r0, r1, c0, c1, _ = _extent(mask)
+    def window_around(key, r0, r1, c0, c1):
         u = jax.random.uniform(key, (2,))
 
         def axis(lo_edge, hi_edge, size, u):
@@ -317,14 +319,24 @@ def training_windows(
 
         return jnp.stack([axis(r0, r1, h, u[0]), axis(c0, c1, w, u[1])])
 
+    def finding_window(key, mask):
+        r0, r1, c0, c1, _ = _extent(mask)
+        return window_around(key, r0, r1, c0, c1)
+
+    def spare_window(key, lung):
+        k_pixel, k_window = jax.random.split(key)
+        mask = labels == (lung + _RIGHT)
+        noise = jax.random.gumbel(k_pixel, (h, w))
+        flat = jnp.argmax(jnp.where(mask, noise, -jnp.inf))  # uniform over the lung's pixels
+        r, c = flat // w, flat % w
+        return window_around(k_window, r, r + 1, c, c + 1)
+
     num_slots = finding_masks.shape[0]
     found = jax.vmap(finding_window)(jax.random.split(k_find, num_slots), finding_masks)
-    per_lung = config.rows_per_lung * config.cols_per_lung
-    pick = jax.random.randint(k_pick, (num_slots,), 0, 2 * per_lung)
-    spare_shift = jax.random.randint(k_spare, (num_slots, 2), -config.jitter, config.jitter + 1)
-    spare = layout.corners[pick] + spare_shift
+    spare_lung = jax.random.randint(k_pick, (num_slots,), 0, 2)
+    spare = jax.vmap(spare_window)(jax.random.split(k_spare, num_slots), spare_lung)
     found = jnp.where(finding_valid[:, None], found, spare)
-    found_kinds = jnp.where(finding_valid, jnp.clip(finding_lung, 0, 1), jnp.asarray(config.kinds)[pick])
+    found_kinds = jnp.where(finding_valid, jnp.clip(finding_lung, 0, 1), spare_lung)
     corners = clamp_corners(jnp.concatenate([corners, found]), image_shape=(h, w), window=(win, win))
     kinds = jnp.concatenate([layout.kinds, found_kinds.astype(jnp.int32)])
     return Layout(corners, kinds, _valid(labels, corners, kinds, config))
