@@ -227,9 +227,10 @@ def _run_score(args) -> int:
         print(f"jaxmed score: warning: {where} lie outside the calibration's normal range as a whole: "
               f"{check['below_calibration_min']:.0%} of all slices score below every normal calibration slice, "
               f"{check['flagged']:.0%} are flagged at a threshold set for {check['target_fpr']} of normal slices. "
-              "A model trained on other scans shifts every score at a new site or scanner, artefact or not: "
-              f"calibrate on this site's normal scans (jaxmed calibrate --checkpoint {args.checkpoint} --normal "
-              "NORMAL_SCANS --force) before trusting these decisions.", file=sys.stderr)
+              "Either those volumes are corrupted throughout, or they come from a site or scanner the calibration "
+              "did not see: a model trained on other scans shifts every score there, artefact or not. Unless the "
+              "calibration was made on this site's normal scans, make it so (jaxmed calibrate --checkpoint "
+              f"{args.checkpoint} --normal NORMAL_SCANS --force) before trusting these decisions.", file=sys.stderr)
     for note in table.notes:
         print(f"note: {note['path']}: {note['note']}", file=sys.stderr)
     if table.problems:
