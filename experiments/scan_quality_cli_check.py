@@ -14,7 +14,10 @@ check is the issue's own.
 
 Command::
 
-    python experiments/scan_quality_cli_check.py CHECKPOINT OUT_DIR   # CHECKPOINT: jaxmed-demo/checkpoint
+    python experiments/scan_quality_cli_check.py CHECKPOINT OUT_DIR [SUBJECT.nii]   # CHECKPOINT: jaxmed-demo/checkpoint
+
+SUBJECT: a real T1 volume to use instead (all its slices; e.g. nibabel's
+``tests/data/anatomical.nii``).
 
 Runtime: about 4 minutes on 2 CPU cores shared with other jobs (load 5).
 Measured 2026-12-02 with the demo's checkpoint (``summary.json`` in OUT_DIR)::
@@ -66,17 +69,21 @@ def other_head(volume: np.ndarray, seed: int = 3) -> np.ndarray:
     return np.sqrt((w + s * rng.standard_normal(w.shape)) ** 2 + (s * rng.standard_normal(w.shape)) ** 2)
 
 
-def write_volumes(out: Path) -> dict[str, Path]:
-    img = nib.load(template_path())
-    template = np.asarray(img.get_fdata(), np.float32)
-    head = other_head(template).astype(np.float32)
-    # 52 brain-filled axial slices (the NIfTI's third axis) around the middle of the brain.
-    brain = (template > 0.2 * template.max()).mean(axis=(0, 1))
-    filled = np.flatnonzero(brain > 0.1)
-    first = filled[len(filled) // 2] - NUM_SLICES // 2
-    head = head[:, :, first:first + NUM_SLICES]
-    affine = img.affine.copy()
-    affine[:3, 3] += affine[:3, 2] * first
+def write_volumes(out: Path, subject: Path | None = None) -> dict[str, Path]:
+    if subject is None:
+        img = nib.load(template_path())
+        template = np.asarray(img.get_fdata(), np.float32)
+        head = other_head(template).astype(np.float32)
+        # 52 brain-filled axial slices (the NIfTI's third axis) around the middle of the brain.
+        brain = (template > 0.2 * template.max()).mean(axis=(0, 1))
+        filled = np.flatnonzero(brain > 0.1)
+        first = filled[len(filled) // 2] - NUM_SLICES // 2
+        head = head[:, :, first:first + NUM_SLICES]
+        affine = img.affine.copy()
+        affine[:3, 3] += affine[:3, 2] * first
+    else:
+        img = nib.as_closest_canonical(nib.load(subject))  # RAS: the third axis is axial
+        head, affine = np.clip(np.asarray(img.get_fdata(), np.float32), 0, None), img.affine
     peak = float(head.max())
     volumes = {"clean": head}
     for name, artefact in ARTEFACTS.items():
@@ -84,7 +91,7 @@ def write_volumes(out: Path) -> dict[str, Path]:
                                                       severity=SEVERITY)) * peak
                                   for i in range(head.shape[2])], axis=2).astype(np.float32)
     paths = {}
-    half = (np.arange(NUM_SLICES) // BLOCK) % 2
+    half = (np.arange(head.shape[2]) // BLOCK) % 2
     for name, v in volumes.items():
         paths[name] = out / f"{name}.nii.gz"
         nib.save(nib.Nifti1Image(v, affine), paths[name])
@@ -104,8 +111,9 @@ def slice_rows(csv_path: Path) -> dict[str, list[dict]]:
 
 def main() -> None:
     checkpoint, out = Path(sys.argv[1]), Path(sys.argv[2])
+    subject = Path(sys.argv[3]) if len(sys.argv) > 3 else None
     (out / "half").mkdir(parents=True, exist_ok=False)
-    paths = write_volumes(out)
+    paths = write_volumes(out, subject)
     assert jaxmed(["score", "--checkpoint", str(checkpoint), "--out", str(out / "shipped"), "--no-progress",
                    *map(str, paths.values())]) == 0
     rows = slice_rows(out / "shipped.csv")
@@ -127,7 +135,8 @@ def main() -> None:
                    "--force", "--no-progress"]) == 0
     assert jaxmed(["score", "--checkpoint", str(local), "--out", str(out / "local"), "--no-progress",
                    *sorted(map(str, (out / "half").glob("*_1.nii.gz")))]) == 0
-    summary = {"severity": SEVERITY, "num_slices": NUM_SLICES, "block": BLOCK, "auroc_vs_own_clean": auroc,
+    summary = {"subject": str(subject) if subject else "the template moved (other_head)", "severity": SEVERITY,
+               "num_slices": len(rows["clean"]), "block": BLOCK, "auroc_vs_own_clean": auroc,
                "flagged_shipped_threshold": flagged(rows), "flagged_after_local_calibration":
                flagged(slice_rows(out / "local.csv"))}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
