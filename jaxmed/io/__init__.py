@@ -1,4 +1,4 @@
-"""jaxmed.io: images in (DICOM files, multi-frame files and series, NIfTI) and out (`write_dicom_series`, `write_nifti`).
+"""jaxmed.io: images in (DICOM files, multi-frame files and series, NIfTI) and out (`write_dicom_series`, `write_nifti`; output folders: `prepare_out_dir`).
 
 Every reader returns a `Volume`: a float32 ``(z, y, x)`` array of modality
 values (higher is brighter; MONOCHROME1 inverted), or ``(z, y, x, 3)`` RGB for
@@ -14,6 +14,7 @@ from jaxmed.io.describe import describe_paths, format_description, iter_volumes,
 from jaxmed.io.dicom_volume import read_dicom
 from jaxmed.io.geometry import axis_codes
 from jaxmed.io.nifti import read_nifti
+from jaxmed.io.outputs import load_average, prepare_out_dir
 from jaxmed.io.read import read_image
 from jaxmed.io.series import list_series, read_series
 from jaxmed.io.volume import ImageReadError, ReadProblem, UnknownSpacingWarning, Volume, to_greyscale
@@ -29,7 +30,9 @@ __all__ = [
     "format_description",
     "iter_volumes",
     "list_series",
+    "load_average",
     "load_volumes",
+    "prepare_out_dir",
     "read_dicom",
     "read_image",
     "read_nifti",

@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +46,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from jaxmed.io.outputs import load_average, prepare_out_dir
 from jaxmed.tasks.scan_quality.config import DemoConfig, background_run_config, run_config
 from jaxmed.tasks.scan_quality.decision import anomaly_scores, classify, two_sided_anomaly_scores
 from jaxmed.tasks.scan_quality.evaluation import (
@@ -162,27 +162,6 @@ def _train(run, run_dir, *, progress: bool) -> TrainedVAE:
     result, _ = train_model(run, run_dir, progress=progress)
     params = jax.device_put(result.state.params, jax.local_devices()[0])
     return TrainedVAE(VAE(run.model_config), params, result.records, Path(run_dir), time.perf_counter() - t0)
-
-
-def _prepare_out_dir(out_dir: Path, *, force: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir}: exists and is not a folder")
-    existing = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
-    if existing and not force:
-        shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")
-        raise FileExistsError(f"{out_dir}: not empty ({shown}); refusing to write into it. "
-                              "Pass --force to overwrite, or choose another --out.")
-    if force and (out_dir / CHECKPOINT_DIR).is_dir():
-        # A stale checkpoint would be restored or mixed with the new one.
-        shutil.rmtree(out_dir / CHECKPOINT_DIR)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-
-def _load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
 
 
 class _Sets(NamedTuple):
@@ -310,7 +289,7 @@ def run_demo(
     """
     say = log or (lambda line: None)
     out_dir = Path(out_dir)
-    _prepare_out_dir(out_dir, force=force)
+    prepare_out_dir(out_dir, force=force, replace=(CHECKPOINT_DIR,))
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     root = jax.random.key(config.seed)
@@ -435,7 +414,7 @@ def run_demo(
         "auroc_subset": tables["subset"],
         "estimator_agreement": agreement,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
-        "load_average": _load_average(),
+        "load_average": load_average(),
         "table": _table_text(config, tables, sets, flagged, int(calibration.reference_scores.size)),
         "files": sorted(p.name for p in [*figures, out_dir / "results.csv", out_dir / "results.json",
                                          out_dir / "summary.json"]) + [CHECKPOINT_DIR + "/"],
