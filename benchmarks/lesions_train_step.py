@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -59,7 +60,7 @@ def _configs(shape):
 
     depth = 3 if len(shape) == 2 else 2
     base = TrainConfig()
-    loc = dataclasses.replace(base.localiser, image_shape=(*shape, 3), depth=depth, dropout=0.0)
+    loc = dataclasses.replace(base.localiser, image_shape=(*shape, 3), depth=depth, dropout=0.0, fusion="learned")
     cls = dataclasses.replace(base.classifier, depth=depth, dropout=0.0)
     spacing = (1.25,) * len(shape)
     return dataclasses.replace(base, localiser=loc, classifier=cls, augment=ExamAugment(enabled=False),
@@ -264,7 +265,9 @@ def main(argv=None):
                 cpu[name].append(c / args.steps)
         common = {"benchmark": "lesions_train_step", "dims": dims, "grid": list(shape), "batch_size": batch_size,
                   "threads": args.threads, "params": jax_params, "rounds": args.rounds,
-                  "steps_per_round": args.steps, **machine()}
+                  "steps_per_round": args.steps,
+                  "env": {k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+                                                         "OMP_WAIT_POLICY")}, **machine()}
         for name, ts in times.items():
             med = statistics.median(ts)
             line = {**common, "framework": name, "exams_per_s": round(batch_size / med, 2),

@@ -204,3 +204,16 @@ def test_evaluate_writes_metrics_and_curves(workspace):
     assert d["num_exams"] == 16 and 0 <= d["auroc"] <= 1 and d["score"] == pytest.approx((d["auroc"] + d["ap"]) / 2)
     assert all((out / f).stat().st_size > 0 for f in ("roc.png", "froc.png", "overlays.png"))
     assert "ranking score" in stdout
+
+
+def test_train_flags_reach_the_config():
+    from jaxmed.cli import build_parser
+    from jaxmed.cli.lesions import _train_config
+
+    args = build_parser().parse_args(["lesions", "train", "--out", "unused", "--augment", "--fusion", "max",
+                                      "--masked-regions", "--steps", "continue=7", "--deploy-k", "5"])
+    config = _train_config(args)
+    assert config.augment.enabled and config.localiser.fusion == "max" and config.loss.masked
+    assert config.continue_phase.steps == 7 and config.deploy_k == 5
+    default = _train_config(build_parser().parse_args(["lesions", "train", "--out", "unused"]))
+    assert not default.augment.enabled and default.localiser.fusion == "mean" and not default.loss.masked

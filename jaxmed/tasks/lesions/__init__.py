@@ -93,6 +93,7 @@ __all__ = [
     "classification_metrics",
     "config_from_json",
     "config_to_json",
+    "train_config_from_json",
     "continue_localiser",
     "demo_config",
     "deploy_localiser",

@@ -25,9 +25,7 @@ import numpy as np
 from jaxmed.losses.ordinal import cumulative_link_log_probs
 from jaxmed.models import (
     LocaliserConfig,
-    MapClassifier,
     MapClassifierConfig,
-    MultiModalLocaliser,
     encoder_params_from_unet,
 )
 
