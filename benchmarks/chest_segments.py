@@ -28,7 +28,10 @@ The variants run interleaved (one round of each, in turn) so that load from
 other processes hits all alike; each line gives the median segments per
 second over ``--rounds`` rounds, the per-round figures, and the ratio to
 ``jax_vmapped``; the last line the machine (benchmarks/_machine.py).
-Runtime: about 3 minutes on 2 busy CPU cores.
+Measured (``--rounds 7``, 45 s wall, load 3.2, 2 shared Xeon cores, JAX
+0.10.2, PyTorch 2.13.0+cpu, malloc reuse on): segments/s, median: JAX
+vmapped 73.0; JAX Python loop of crops 59.5 (1.23x the time); PyTorch
+pipeline 25.3 (2.89x); PyTorch network alone 93.7 (0.78x).
 """
 
 from __future__ import annotations
