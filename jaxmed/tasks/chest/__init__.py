@@ -14,7 +14,8 @@ Modules, each one idea:
   masks back at full resolution;
 * ``segments``: the segment layout from region masks, training draws,
   extraction (vmapped ``lax.dynamic_slice``), segment targets;
-* ``classifier``: the segment classifier's loss, segments drawn inside the step;
+* ``classifier``: the segment classifier's loss (presence, type and a dense
+  finding map), segments drawn inside the step;
 * ``pipeline``: a trained model (:class:`ChestModel`) and :func:`analyse`,
   the whole method as one jitted function (regions, segments, pooling, heat map);
 * ``data``: phantom training and test sets; ``config``: :class:`ChestConfig`
