@@ -24,7 +24,11 @@ Command (the figures in benchmarks/RESULTS.md, "Lesion model train step")::
 
 prints one JSON line per framework and grid and one with the ratio, e.g.
 ``{"benchmark": "lesions_train_step", "dims": 2, "framework": "jax", "exams_per_s": ...}``.
-About 3-6 minutes on 2 CPU cores, compilation included.
+About 2 minutes on 2 CPU cores, compilation included. Recorded (2-vCPU Intel
+Xeon, avx512_bf16, load average 1.9-3.2, jax 0.10.2, PyTorch 2.13.0+cpu with 2
+threads): 2D 48x48, 16 exams: JAX 257.8 ms/step, PyTorch 192.7 ms/step, ratio
+0.763; 3D 16x32x32, 2 exams: JAX 2590 ms/step, PyTorch 398 ms/step, ratio
+0.154 (XLA:CPU's 3D convolutions).
 """
 
 from __future__ import annotations

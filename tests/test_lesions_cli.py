@@ -217,3 +217,5 @@ def test_train_flags_reach_the_config():
     assert config.continue_phase.steps == 7 and config.deploy_k == 5
     default = _train_config(build_parser().parse_args(["lesions", "train", "--out", "unused"]))
     assert not default.augment.enabled and default.localiser.fusion == "mean" and not default.loss.masked
+    quick = _train_config(build_parser().parse_args(["lesions", "train", "--out", "unused", "--quick"]))
+    assert quick.localiser.fusion == "learned" and quick.localiser.features == 4

@@ -128,8 +128,9 @@ def _add_train(subparsers, *, note: str = "") -> None:
     p.add_argument("--augment", action="store_true",
                    help="random contrast, bias field, noise and ADC-scale changes of every training exam, per step "
                         "(jaxmed.tasks.lesions.augment; off by default: it underfit in short runs)")
-    p.add_argument("--fusion", choices=("mean", "max", "learned"), default="mean",
-                   help="fusion of the per-modality maps (default mean: the best on validation exams)")
+    p.add_argument("--fusion", choices=("mean", "max", "learned"),
+                   help="fusion of the per-modality maps (default mean, the best on validation exams; learned "
+                        "with --quick)")
     p.add_argument("--num-exams", default="A=240,B=240,C=96", metavar="SITE=N,...",
                    help="exams drawn per site (default A=240,B=240,C=96; C is the deployment pool)")
     p.add_argument("--steps", action="append", metavar="PHASE=N",
@@ -165,7 +166,7 @@ def _train_config(args):
     return dataclasses.replace(
         base, reference=args.reference, second=args.second, deploy=args.deploy, deploy_k=args.deploy_k,
         order=args.order, uncertainty=args.uncertainty, seed=args.seed,
-        localiser=dataclasses.replace(base.localiser, fusion=args.fusion),
+        localiser=dataclasses.replace(base.localiser, fusion=args.fusion or base.localiser.fusion),
         augment=dataclasses.replace(base.augment, enabled=args.augment),
         loss=dataclasses.replace(base.loss, masked=args.masked_regions), **phases)
 

@@ -229,7 +229,9 @@ def demo_config(*, quick: bool = False, seed: int | None = None, **overrides: An
     (more exams, longer phases, all fusions) with its own seeds and continued-run steps.
 
     Args:
-      quick: 32x32 exams, a small network, few exams and steps, one seed (a smoke test).
+      quick: 32x32 exams, a small network, few exams and steps, one seed (a smoke test). Its fusion is
+        the learned one: with 60 steps of this small network the mean fusion's maps stayed below the
+        lesions' (site-A validation score 0.309, AP 0 on site D) against 0.617 for the learned fusion.
       seed: the first seed (others follow it).
       **overrides: `StudyConfig` fields replaced.
     """
@@ -237,7 +239,7 @@ def demo_config(*, quick: bool = False, seed: int | None = None, **overrides: An
         shape = (32, 32)
         train = TrainConfig(
             localiser=LocaliserConfig(image_shape=(*shape, 3), features=4, depth=2, norm_groups=4,
-                                      feature_channels=4, fusion_hidden=8, fusion="mean"),
+                                      feature_channels=4, fusion_hidden=8, fusion="learned"),
             classifier=MapClassifierConfig(features=4, depth=2, norm_groups=4, hidden=16),
             preprocess=PreprocessConfig(shape=shape, spacing_mm=(1.8, 1.8), num_steps=20),
             reference_phase=PhaseConfig(steps=60, batch_size=8, learning_rate=3e-3),
@@ -248,7 +250,7 @@ def demo_config(*, quick: bool = False, seed: int | None = None, **overrides: An
             deploy_k=8, mc_samples=4,
         )
         config = StudyConfig(train=train, num_exams=(("A", 48), ("B", 48), ("C", 24), ("D", 48)), num_val=16,
-                             seeds=(0,), deploy_schedule=(0, 8), fusions=("mean",), synthesis_steps=40,
+                             seeds=(0,), deploy_schedule=(0, 8), fusions=("learned",), synthesis_steps=40,
                              synthesis=InpaintConfig(patch=8, features=4, depth=2), bootstrap=100)
     else:
         train = TrainConfig(
@@ -258,7 +260,8 @@ def demo_config(*, quick: bool = False, seed: int | None = None, **overrides: An
             joint_phase=PhaseConfig(steps=20, learning_rate=3e-4), deploy_k=16, mc_samples=6,
         )
         config = StudyConfig(train=train, num_exams=(("A", 160), ("B", 160), ("C", 64), ("D", 120)), num_val=32,
-                             seeds=(0,), deploy_schedule=(0, 16), fusions=("mean", "max", "learned"), synthesis_steps=100,
+                             seeds=(0,), deploy_schedule=(0, 16), fusions=("mean", "max", "learned"),
+                             synthesis_steps=100,
                              bootstrap=300)
     if seed is not None:
         config = dataclasses.replace(config, seeds=tuple(seed + i for i in range(len(config.seeds))),
