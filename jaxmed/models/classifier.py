@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmed.models.layers import NORMS, DownConv, _norm
+from jaxmed.models.layers import NORMS, DownConv, norm_layer
 
 Array = jax.Array
 
@@ -92,9 +92,9 @@ class ConvClassifier(nn.Module):
         x = (x - self.input_mean) / self.input_std
         for i, c in enumerate(self.channels):
             x = DownConv(c, (4, 4), (2, 2), name=f"down_{i}")(x)
-            x = nn.relu(_norm(self.norm, None)(x))
+            x = nn.relu(norm_layer(self.norm, None)(x))
             x = nn.Conv(c, (3, 3), padding="SAME", name=f"conv_{i}")(x)
-            x = nn.relu(_norm(self.norm, None)(x))
+            x = nn.relu(norm_layer(self.norm, None)(x))
         embedding = jnp.concatenate([jnp.mean(x, axis=(1, 2)), jnp.max(x, axis=(1, 2))], axis=-1)
         logits = nn.Dense(self.num_outputs, name="head")(embedding)
         cell_logits = None

@@ -100,7 +100,11 @@ class UpConv(_ConvWithBias):
     _op = staticmethod(conv_transpose)
 
 
-def _norm(kind: str, dtype) -> Callable[[Array], Array]:
+def norm_layer(kind: str, dtype) -> Callable[[Array], Array]:
+    """The normalisation ``kind`` (one of :data:`NORMS`) as a layer; ``"none"`` is the identity.
+
+    ``"group"`` normalises groups of 8 channels; ``dtype`` is the computation dtype (None: the input's).
+    """
     if kind == "none":
         return lambda x: x
     if kind == "layer":
@@ -145,7 +149,7 @@ class ConvEncoder(nn.Module):
                     c, (self.kernel_size,) * rank, (s,) * rank, impl=self.impl, dtype=self.dtype,
                     name=f"conv_{i}",
                 )(x)
-            x = nn.relu(_norm(self.norm, self.dtype)(x))
+            x = nn.relu(norm_layer(self.norm, self.dtype)(x))
         x = x.reshape(x.shape[0], -1)
         return nn.Dense(self.out_features, dtype=self.dtype, name="out")(x)
 
@@ -183,12 +187,12 @@ class ConvDecoder(nn.Module):
         if rank == 0:
             x = z
             for i, c in enumerate(reversed(self.channels)):
-                x = nn.relu(_norm(self.norm, self.dtype)(nn.Dense(c, dtype=self.dtype, name=f"dense_{i}")(x)))
+                x = nn.relu(norm_layer(self.norm, self.dtype)(nn.Dense(c, dtype=self.dtype, name=f"dense_{i}")(x)))
             return nn.Dense(self.out_shape[0], dtype=self.dtype, name="out")(x)
         factor = math.prod(self.strides)
         grid = tuple(n // factor for n in self.out_shape[:-1])
         x = nn.Dense(math.prod(grid) * self.channels[-1], dtype=self.dtype, name="dense")(z)
-        x = nn.relu(_norm(self.norm, self.dtype)(x.reshape(z.shape[0], *grid, self.channels[-1])))
+        x = nn.relu(norm_layer(self.norm, self.dtype)(x.reshape(z.shape[0], *grid, self.channels[-1])))
         out_channels = (*reversed(self.channels[:-1]), self.out_shape[-1])
         strides = tuple(reversed(self.strides))
         for i, (c, s) in enumerate(zip(out_channels, strides)):
@@ -197,7 +201,7 @@ class ConvDecoder(nn.Module):
                 name=f"upconv_{i}",
             )(x)
             if i < len(out_channels) - 1:
-                x = nn.relu(_norm(self.norm, self.dtype)(x))
+                x = nn.relu(norm_layer(self.norm, self.dtype)(x))
         return x
 
 

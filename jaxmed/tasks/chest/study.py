@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxmed.io import prepare_out_dir
 from jaxmed.plots import plot_roc_curves
 from jaxmed.tasks.chest.config import ChestConfig, config_to_json
 from jaxmed.tasks.chest.data import radiograph_set
@@ -41,19 +41,6 @@ __all__ = ["MODEL_DIR", "REAL_RADIOGRAPH", "run_demo"]
 MODEL_DIR = "model"
 REAL_RADIOGRAPH = "RG1_UNCR.dcm"  # pydicom-data's real adult PA chest CR
 _EVAL_STREAM = 21
-
-
-def _prepare_out_dir(out_dir: Path, *, force: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir}: exists and is not a folder")
-    existing = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
-    if existing and not force:
-        shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")
-        raise FileExistsError(f"{out_dir}: not empty ({shown}); refusing to write into it. "
-                              "Pass --force to overwrite, or choose another --out.")
-    if force and (out_dir / MODEL_DIR).is_dir():
-        shutil.rmtree(out_dir / MODEL_DIR)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
 
 def _real_radiograph() -> str | None:
@@ -111,8 +98,7 @@ def run_demo(config: ChestConfig, out_dir: str | os.PathLike, *, force: bool = F
       FileExistsError: ``out_dir`` is not empty and ``force`` is False.
     """
     say = log or (lambda line: None)
-    out_dir = Path(out_dir)
-    _prepare_out_dir(out_dir, force=force)
+    out_dir = prepare_out_dir(out_dir, force=force, replace=(MODEL_DIR,))
     t_start = time.perf_counter()
     load_start = [round(x, 2) for x in os.getloadavg()]
     model, training = train_chest(config, out_dir / MODEL_DIR, progress=progress, log=say)

@@ -32,6 +32,7 @@ import optax
 
 import jaxmed
 from jaxmed.data.batching import batch_indices
+from jaxmed.io import prepare_out_dir
 from jaxmed.train import (
     Checkpointer,
     OptimConfig,
@@ -215,22 +216,6 @@ def train_attention(config: ChestConfig, run_dir: str | os.PathLike, bags: dict[
                 key=jax.random.fold_in(root, _STEPS + 2), run_dir=Path(run_dir), record=record, progress=progress)
 
 
-def _prepare(out_dir: Path, *, force: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir}: exists and is not a folder")
-    existing = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
-    if existing and not force:
-        raise FileExistsError(f"{out_dir}: not empty ({', '.join(existing[:5])}); refusing to overwrite it. "
-                              "Pass --force to replace the chest model in it, or choose another --out.")
-    for name in (*MODEL_PARTS, CHEST_FILE):
-        path = out_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-
 def _whole_rate(records: list[dict]) -> dict[str, float]:
     findings = sum(r.get("num_findings", 0.0) for r in records)
     whole = sum(r.get("num_whole", 0.0) for r in records)
@@ -260,8 +245,7 @@ def train_chest(config: ChestConfig, out_dir: str | os.PathLike, *, force: bool 
       (timings, the finding-whole rate of the drawn training segments, final losses).
     """
     say = log or (lambda line: None)
-    out_dir = Path(out_dir)
-    _prepare(out_dir, force=force)
+    out_dir = prepare_out_dir(out_dir, force=force, replace=(*MODEL_PARTS, CHEST_FILE))
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if regions_from is not None:

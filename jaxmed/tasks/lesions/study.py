@@ -40,6 +40,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxmed.io import prepare_out_dir
 from jaxmed.metrics import bootstrap_detection
 from jaxmed.plots import plot_roc_curves
 from jaxmed.tasks.lesions.config import PhaseConfig, StudyConfig, TrainConfig, config_to_json
@@ -138,14 +139,6 @@ def _train_inpainter(config: StudyConfig, normal: dict, run_dir: Path, *, progre
     return params
 
 
-def _prepare_out(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir}: exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise FileExistsError(f"{out_dir}: not empty; refusing to write into it (pass --force, or another --out)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-
 def run_study(config: StudyConfig, out_dir, *, force: bool = False, progress: bool = True,
               data: dict | None = None, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Runs the study (module docstring) into ``out_dir``; returns the summary (also ``summary.json``).
@@ -159,8 +152,7 @@ def run_study(config: StudyConfig, out_dir, *, force: bool = False, progress: bo
       data: the exams (`load_study_data`), or None to draw them.
       log: progress lines (e.g. ``print`` to stderr).
     """
-    out_dir = Path(out_dir)
-    _prepare_out(out_dir, force)
+    out_dir = prepare_out_dir(out_dir, force=force)
     runs = out_dir / "runs"
     timings = {}
     start = time.perf_counter()
