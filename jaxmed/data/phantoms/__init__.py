@@ -14,9 +14,10 @@ Kinds:
   full resolution (1024 or 2048 pixels) with lung, heart and finding masks
   and a structured truth record (`chest_truth`).
 * ``"mri_exam"`` (:mod:`jaxmed.data.phantoms.exams`): 3D mpMRI exams as
-  acquired at a site (`SITES`): T2, ADC and DWI each on its own grid with
-  its affine, misregistered, with lesion grades and a lesion label map
-  (`exam_truth`, `write_exam`).
+  acquired at a site (`SITES`, :mod:`jaxmed.data.phantoms.sites`): T2, ADC
+  and DWI each on its own grid with its affine, misregistered, with lesion
+  grades and a lesion label map; saved as DICOM series and NIfTI with a truth
+  record by :mod:`jaxmed.data.phantoms.exam_files` (`write_exam`, `exam_truth`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ from jaxmed.data.phantoms.chest import (
     chest_truth,
     sample_chest,
 )
-from jaxmed.data.phantoms.exams import SITES, ExamConfig, SiteProfile, exam_truth, sample_exam, write_exam
+from jaxmed.data.phantoms.exam_files import exam_truth, write_exam
+from jaxmed.data.phantoms.exams import ExamConfig, sample_exam
+from jaxmed.data.phantoms.sites import SITES, SiteProfile
 from jaxmed.data.phantoms.mri import CONTRASTS, MRIPhantomConfig, sample_mri
 from jaxmed.data.phantoms.patient import PatientConfig, lesion_grade, sample_patient
 from jaxmed.data.phantoms.tissues import EXAM_TISSUES, TISSUES, Tissue
