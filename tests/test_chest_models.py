@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmed.losses import ClassifierLossConfig, make_classifier_loss, presence_type_losses
+from jaxmed.losses import ClassifierLossConfig, finding_map_loss, make_classifier_loss, presence_type_losses
 from jaxmed.models import CLASSIFIER_PRESETS, ClassifierConfig, ConvClassifier
 from jaxmed.tasks.chest import (
     RegionNetConfig,
@@ -138,3 +138,40 @@ def test_conv_classifier_centres_its_input_and_reads_presence_from_the_map(rng):
     np.testing.assert_allclose(np.asarray(logits[:, 1:]), dense[:, 1:], atol=1e-5)
     with pytest.raises(ValueError, match="map_head"):
         plain.apply(plain.init(jax.random.key(0), x), x, with_map=True)
+
+
+def test_finding_map_loss_by_hand():
+    # A map covered by 0.1 everywhere resizes to 0.1 in every cell: target 4 * 0.1 = 0.4.
+    finding_map = jnp.full((1, 4, 4), 0.1)
+    cell_logits = jnp.array([[[0.0, 1.0], [-1.0, 2.0]]])
+    got = float(finding_map_loss(cell_logits, finding_map, pos_weight=3.0)[0])
+
+    def bce(z, t):
+        p = 1.0 / (1.0 + np.exp(-z))
+        return -(t * np.log(p) + (1.0 - t) * np.log(1.0 - p))
+
+    weight = 1.0 + 2.0 * 0.4  # 1 + (pos_weight - 1) * target
+    want = weight * (bce(0.0, 0.4) + bce(1.0, 0.4) + bce(-1.0, 0.4) + bce(2.0, 0.4)) / 4.0
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_classifier_loss_adds_the_map_term_and_asks_for_the_map():
+    model = ConvClassifier(channels=(4,), num_outputs=2, map_head=True)
+    x = jnp.ones((2, 8, 8, 1))
+    params = model.init(jax.random.key(0), x)
+    batch = {"image": x, "label": jnp.array([1.0, 0.0]), "finding_type": jnp.array([0, -1]),
+             "finding_map": jnp.zeros((2, 8, 8)).at[0].set(1.0)}
+    plain = make_classifier_loss(model.apply, ClassifierLossConfig(map_weight=0.0))
+    mapped = make_classifier_loss(model.apply, ClassifierLossConfig(map_weight=2.0, map_pos_weight=5.0))
+    base, _ = plain(params, batch, None)
+    total, metrics = mapped(params, batch, None)
+    _, cells = model.apply(params, x, with_map=True)
+    z = np.asarray(cells, np.float64)  # [2, 4, 4]; image 0 wholly covered -> target 1, image 1 none -> 0
+    target = np.zeros_like(z)
+    target[0] = 1.0
+    p = 1.0 / (1.0 + np.exp(-z))
+    dense = -(target * np.log(p) + (1.0 - target) * np.log(1.0 - p)) * (1.0 + 4.0 * target)
+    assert float(metrics["map"]) == pytest.approx(dense.mean(), rel=1e-5)
+    assert float(total) == pytest.approx(float(base) + 2.0 * dense.mean(), rel=1e-5)
+    with pytest.raises(ValueError, match="finding_map"):
+        mapped(params, {k: v for k, v in batch.items() if k != "finding_map"}, None)

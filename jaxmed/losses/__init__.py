@@ -1,6 +1,11 @@
 """jaxmed.losses: training objectives, written for one example and vmapped."""
 
-from jaxmed.losses.classification import ClassifierLossConfig, make_classifier_loss, presence_type_losses
+from jaxmed.losses.classification import (
+    ClassifierLossConfig,
+    finding_map_loss,
+    make_classifier_loss,
+    presence_type_losses,
+)
 from jaxmed.losses.elbo import (
     AutoencoderLossConfig,
     VAELossConfig,
@@ -27,6 +32,7 @@ __all__ = [
     "cumulative_link_log_probs",
     "cumulative_link_nll",
     "ClassifierLossConfig",
+    "finding_map_loss",
     "make_classifier_loss",
     "presence_type_losses",
     "AutoencoderLossConfig",

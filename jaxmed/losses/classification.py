@@ -33,9 +33,9 @@ class ClassifierLossConfig:
       pos_weight: weight of the positive term of the presence cross-entropy
         (findings are the minority class).
       type_weight: weight of the type cross-entropy beside the presence term.
-      map_weight: weight of a dense finding-map cross-entropy (per cell of
-        the classifier's map head) beside the presence term, for callers
-        that have finding masks (the chest task's segment loss); 0: none.
+      map_weight: weight of a dense finding-map cross-entropy
+        (:func:`finding_map_loss`, per cell of the classifier's map head)
+        beside the presence term, for batches with finding masks; 0: none.
       map_pos_weight: weight of the positive cells in it (findings cover a
         few percent of the cells).
     """
@@ -84,23 +84,57 @@ def presence_type_losses(
     return presence + type_weight * jnp.where(has_type, typed, 0.0), presence
 
 
+def finding_map_loss(cell_logits: Array, finding_map: Array, *, pos_weight: float = 1.0) -> Array:
+    """Per-image dense cross-entropy of a classifier's cell logits against a finding map.
+
+    A cell's target is 4 times the share of it a finding covers, at most 1: a
+    cell is positive once a finding covers a quarter of it (small nodules
+    fill little of a cell).
+
+    Args:
+      cell_logits: ``[N, m1, m2]`` one logit per cell of the last feature map.
+      finding_map: ``[N, H, W]`` in [0, 1], the share of each pixel a finding
+        covers; resized to the cells (linear, antialiased).
+      pos_weight: weight of the positive cells (findings cover few of them).
+
+    Returns:
+      ``[N]`` mean over cells, nats.
+    """
+    n, m1, m2 = cell_logits.shape
+    cells = jax.image.resize(finding_map.astype(jnp.float32), (n, m1, m2), "linear", antialias=True)
+    target = jnp.clip(4.0 * cells, 0.0, 1.0)
+    return jnp.mean(weighted_sigmoid_bce(cell_logits, target, pos_weight=pos_weight), axis=(1, 2))
+
+
 def make_classifier_loss(apply_fn: Callable[[Any, Array], Array], config: ClassifierLossConfig) -> LossFn:
     """The train-step loss ``loss_fn(params, batch, key)`` of a presence + type classifier.
 
     Args:
-      apply_fn: ``apply_fn(params, images) -> [N, 1 + T]`` logits.
+      apply_fn: ``apply_fn(params, images) -> [N, 1 + T]`` logits (with
+        ``config.map_weight > 0``, ``apply_fn(params, images, with_map=True)
+        -> (logits, [N, m1, m2] cell logits)``: a classifier with a map head).
       config: the loss options.
 
     Returns:
       A loss over batches ``{"image": [N, H, W, C], "label": [N], "finding_type":
-      [N] int, "weight": [N] (optional, default 1)}``: the weighted mean of
-      :func:`presence_type_losses`; metrics ``presence`` (weighted mean
-      presence term) and ``accuracy`` (presence at logit 0, weighted).
+      [N] int, "weight": [N] (optional, default 1), "finding_map": [N, H, W]
+      (needed when ``config.map_weight > 0``)}``: the weighted mean of
+      :func:`presence_type_losses`, plus ``map_weight`` times the batch mean
+      of :func:`finding_map_loss`; metrics ``presence`` (weighted mean
+      presence term), ``accuracy`` (presence at logit 0, weighted) and, with
+      the map, ``map``.
     """
 
     def loss_fn(params, batch, key):
         del key
-        logits = apply_fn(params, batch["image"])
+        if config.map_weight > 0:
+            if "finding_map" not in batch:
+                raise ValueError("make_classifier_loss: map_weight > 0 needs batch['finding_map'] [N, H, W]")
+            logits, cell_logits = apply_fn(params, batch["image"], with_map=True)
+            dense = jnp.mean(finding_map_loss(cell_logits, batch["finding_map"], pos_weight=config.map_pos_weight))
+        else:
+            logits = apply_fn(params, batch["image"])
+            dense = None
         label = batch["label"].astype(jnp.float32)
         weight = batch.get("weight")
         weight = jnp.ones_like(label) if weight is None else weight.astype(jnp.float32)
@@ -109,6 +143,10 @@ def make_classifier_loss(apply_fn: Callable[[Any, Array], Array], config: Classi
         norm = jnp.maximum(jnp.sum(weight), 1e-6)
         correct = ((logits[:, 0] > 0) == (label >= 0.5)).astype(jnp.float32)
         metrics = {"presence": jnp.sum(weight * presence) / norm, "accuracy": jnp.sum(weight * correct) / norm}
-        return jnp.sum(weight * total) / norm, metrics
+        loss = jnp.sum(weight * total) / norm
+        if dense is not None:
+            metrics["map"] = dense
+            loss = loss + config.map_weight * dense
+        return loss, metrics
 
     return loss_fn

@@ -20,8 +20,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jaxmed.losses import ClassifierLossConfig, presence_type_losses
-from jaxmed.losses.masked_region import weighted_sigmoid_bce
+from jaxmed.losses import ClassifierLossConfig, finding_map_loss, presence_type_losses
 from jaxmed.tasks.chest.data import unpack_findings
 from jaxmed.tasks.chest.segments import SegmentConfig, extract_segments, segment_targets, training_windows
 
@@ -93,12 +92,7 @@ def make_segment_loss(apply_fn, segments: SegmentConfig, loss: ClassifierLossCon
         drawn = draw_training_segments(key, batch, segments)
         if loss.map_weight > 0:
             logits, cell_logits = apply_fn(params, drawn["segments"], with_map=True)
-            n, m1, m2 = cell_logits.shape
-            cells = jax.image.resize(drawn["finding_map"], (n, m1, m2), "linear", antialias=True)
-            # A cell is positive when a finding covers a quarter of it (small nodules fill little of a cell).
-            cell_target = jnp.clip(4.0 * cells, 0.0, 1.0)
-            dense = jnp.mean(weighted_sigmoid_bce(cell_logits, cell_target, pos_weight=loss.map_pos_weight),
-                             axis=(1, 2))
+            dense = finding_map_loss(cell_logits, drawn["finding_map"], pos_weight=loss.map_pos_weight)
         else:
             logits = apply_fn(params, drawn["segments"])
             dense = jnp.zeros(logits.shape[:1])
