@@ -31,29 +31,14 @@ Writes ``summary.json``, ``results.csv`` (one row per test radiograph),
 published effect tested against: on NIH ChestX-ray14, nodule AUROC rose from
 0.689 at 64 px to 0.854 at 320 px (Sabottke and Spieler, Radiology: AI 2020).
 
-Measured (commit after 568040c, on the ``jaxmed demo chest`` model: 512 grid at
-0.78 mm, U-Net at 128, 144-px segments of 180-px windows, 200 steps of 2
-radiographs for every method; 4 min 20 s wall, 171 s user CPU, load 4.6-5.8 on
-2 shared cores)::
-
-    python experiments/chest_segments.py --model /tmp/chestwork/demo_v2/model \
-        --out /tmp/chestwork/study_v2 --per-bin 10 --normals 20
-
-    method              GFLOP/img  3-6 mm  6-10 mm  10-20 mm  20-30 mm  3-10 mm
-    segments max           1.19    0.390   0.475    0.620     0.505    0.433
-    segments noisy_or      1.19    0.410   0.445    0.480     0.480    0.428
-    segments attention     1.19    0.525   0.475    0.520     0.480    0.500
-    whole 128              0.10    0.300   0.465    0.415     0.600    0.382
-    whole 128 wide         0.90    0.615   0.590    0.670     0.595    0.603
-    whole 512              1.69    0.480   0.570    0.710     0.590    0.525
-
-(10 nodule radiographs per bin against 20 normals: 95% bootstrap intervals
-about +-0.2.) Segments do not beat the matched-budget downscaled classifier on
-3-10 mm nodules (0.500 vs 0.603, gap -0.10): every classifier here is at or
-near chance, because none learns the nodules in 200 steps on 2 CPU cores (the
-segment classifier reached 0.60 held-out image AUROC only after 600 steps).
-The full preset (1024 grid) was not run: its segment model alone trains for
-about 25 minutes on 2 busy cores.
+Measured: benchmarks/RESULTS.md ("Nodule AUROC by size"). The demo preset's
+model trained 2500 classifier steps on 400 phantoms, baselines on image
+labels alone (``--supervision labels``), 20 per bin against 40 normals,
+9 min 22 s on 2 cores. 3-10 mm AUROC: segments max 0.700, attention 0.634,
+noisy-OR 0.578; whole 128 wide (matched budget) 0.539. The whole-image
+classifiers' training loss did not fall. The run with the same map
+supervision for them (``--supervision map``, the default) is not yet
+measured.
 """
 
 from __future__ import annotations
