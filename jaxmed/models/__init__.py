@@ -15,6 +15,13 @@ from jaxmed.models.autoencoder import AUTOENCODER_PRESETS, Autoencoder, Autoenco
 from jaxmed.models.observation import LIKELIHOODS
 from jaxmed.models.vae import PRESETS, VAE, VAEConfig
 from jaxmed.models.vae_latent import VAELatentModel, vae_latent_model
+from jaxmed.models.transformer import (
+    Transformer,
+    TransformerConfig,
+    greedy_decode,
+    greedy_decode_uncached,
+    make_attn_mask,
+)
 
 __all__ = [
     "FUSIONS",
@@ -46,4 +53,9 @@ __all__ = [
     "VAEConfig",
     "VAELatentModel",
     "vae_latent_model",
+    "Transformer",
+    "TransformerConfig",
+    "greedy_decode",
+    "greedy_decode_uncached",
+    "make_attn_mask",
 ]
