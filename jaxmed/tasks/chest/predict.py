@@ -3,7 +3,7 @@
 A DICOM radiograph is read with :mod:`jaxmed.io` (``voi=True``: the file's
 window, MONOCHROME1 inverted so higher = brighter), checked (one greyscale
 frame, a frontal view, large enough), normalised
-(:func:`~jaxmed.tasks.chest.regions.normalise_radiograph`), padded to a
+(:func:`jaxmed.io.radiograph.normalise_radiograph`; :func:`~jaxmed.io.radiograph.prepare_radiograph`), padded to a
 square (centred, 0 = air) and resampled onto the model's working grid.
 :func:`~jaxmed.tasks.chest.pipeline.analyse` then finds the regions, the
 segments and their probabilities. A radiograph in which the region net finds
@@ -33,42 +33,23 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxmed.data.phantoms import FINDING_TYPES
-from jaxmed.io import ImageReadError, read_image
+from jaxmed.io import ImageReadError
+from jaxmed.io.radiograph import MIN_PIXELS, Prepared, prepare_radiograph
 from jaxmed.tasks.chest.figures import plot_heat_map, plot_region_overlay
 from jaxmed.tasks.chest.pipeline import ChestModel, analyse
-from jaxmed.tasks.chest.regions import normalise_radiograph
 from jaxmed.tasks.chest.segments import SEGMENT_KINDS
 
 __all__ = ["MIN_PIXELS", "ROW_FIELDS", "Prepared", "Prediction", "lung_problem", "predict_image", "predict_paths",
            "prepare_radiograph", "write_predictions"]
 
-MIN_PIXELS = 256  # shortest side a radiograph must have
 MIN_LUNG_FRACTION = 0.01  # a lung covers at least this share of the working grid to count as found
 MIN_LUNG_RATIO = 0.3  # the smaller lung field covers at least this share of the larger (phantoms: about 0.8)
-LATERAL_VIEWS = ("LL", "RL", "LATERAL")  # DICOM ViewPosition (0018,5101) codes of lateral projections
 ROW_FIELDS = ("file", "status", "probability", "decision", "score_max", "score_noisy_or", "score_attention",
               "num_findings", "findings", "num_segments", "right_lung_fraction", "left_lung_fraction", "rows",
               "columns", "spacing_known", "overlay", "regions_overlay", "notes")
-
-
-class Prepared(NamedTuple):
-    """A radiograph on the working grid and how it got there.
-
-    Attributes:
-      image: ``[G, G, 1]`` float32 in [0, 1], normalised.
-      native_shape: ``(rows, columns)`` of the file's image.
-      pad: ``(top, left)`` rows and columns of padding added to make it square.
-      factor: native pixels per working-grid pixel.
-    """
-
-    image: np.ndarray
-    native_shape: tuple[int, int]
-    pad: tuple[int, int]
-    factor: float
 
 
 class Prediction(NamedTuple):
@@ -77,73 +58,6 @@ class Prediction(NamedTuple):
     row: dict[str, Any]
     arrays: dict[str, np.ndarray]
     prepared: Prepared
-
-
-def _view_position(path: str) -> str:
-    """The DICOM ViewPosition of a file ("" when absent or not DICOM); no other header field is kept."""
-    from jaxmed.io.dicom import open_dataset
-    from jaxmed.io.nifti import is_nifti_path
-
-    if is_nifti_path(path):
-        return ""
-    try:
-        ds = open_dataset(path, stop_before_pixels=True)
-    except ImageReadError:
-        return ""
-    return str(ds.get("ViewPosition", "") or "").strip().upper()
-
-
-def prepare_radiograph(path: str | os.PathLike, *, grid: int) -> tuple[Prepared, list[str]]:
-    """Reads and checks one radiograph and puts it on the working grid.
-
-    Args:
-      path: a DICOM (or NIfTI) file.
-      grid: the working grid's side.
-
-    Returns:
-      ``(prepared, notes)``: the radiograph and notes for the table (unknown
-      pixel spacing; the resampling factor).
-
-    Raises:
-      ImageReadError: the file cannot be read, or is not a single frontal
-        greyscale radiograph of at least :data:`MIN_PIXELS` per side; the
-        message names the file and the problem.
-    """
-    import warnings
-
-    path = os.fspath(path)
-    view = _view_position(path)
-    if view in LATERAL_VIEWS:
-        raise ImageReadError(path, f"a lateral view (ViewPosition {view!r}); the chest model reads frontal (PA/AP) "
-                                   "radiographs only")
-    with warnings.catch_warnings():
-        # Unknown spacing is the rule for radiographs (PixelSpacing 0) and is reported as a note.
-        warnings.simplefilter("ignore")
-        volume = read_image(path, voi=True)
-    if volume.channels != 1:
-        raise ImageReadError(path, f"a colour image ({volume.photometric}); a radiograph is greyscale")
-    if volume.shape[0] != 1:
-        raise ImageReadError(path, f"{volume.shape[0]} frames; a radiograph is one frame")
-    array = np.asarray(volume.array[0], np.float32)
-    rows, cols = array.shape
-    if min(rows, cols) < MIN_PIXELS:
-        raise ImageReadError(path, f"too small for a chest radiograph ({rows}x{cols} pixels; at least "
-                                   f"{MIN_PIXELS} per side)")
-    if not np.all(np.isfinite(array)):
-        raise ImageReadError(path, "non-finite pixel values")
-    notes = []
-    if not all(volume.spacing_known[1:]):
-        notes.append("pixel spacing unknown (not needed: the radiograph is fitted to the working grid)")
-    side = max(rows, cols)
-    pad = ((side - rows) // 2, (side - cols) // 2)
-    image = np.asarray(normalise_radiograph(jnp.asarray(array)))
-    square = np.zeros((side, side, 1), np.float32)
-    square[pad[0]:pad[0] + rows, pad[1]:pad[1] + cols] = image
-    resized = np.asarray(jax.image.resize(jnp.asarray(square), (grid, grid, 1), "linear", antialias=True))
-    factor = side / grid
-    if factor > 1:
-        notes.append(f"resampled by {1 / factor:.3f} onto the {grid}x{grid} working grid")
-    return Prepared(np.clip(resized, 0.0, 1.0), (rows, cols), pad, factor), notes
 
 
 def _native_box(corner: np.ndarray, window: int, prepared: Prepared) -> list[int]:

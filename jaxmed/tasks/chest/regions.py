@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxmed.io.radiograph import normalise_radiograph
 from jaxmed.models import UNet
 
 Array = jax.Array
@@ -41,8 +42,6 @@ __all__ = [
 ]
 
 NUM_CLASSES = 4  # background, right lung, left lung, heart
-_PERCENTILES = (0.5, 99.5)
-_PERCENTILE_STRIDE = 4  # pixels between the samples the percentiles are taken from, per axis
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,27 +80,6 @@ class RegionNetConfig:
     def make_module(self) -> UNet:
         """The network: ``[N, s, s, 1]`` -> ``[N, s, s, 4]`` class logits."""
         return UNet(features=self.features, depth=self.depth, out_channels=NUM_CLASSES, norm_groups=self.norm_groups)
-
-
-def normalise_radiograph(image: Array) -> Array:
-    """Intensities mapped to ``[0, 1]`` by the image's 0.5th and 99.5th percentiles (clipped outside).
-
-    The percentiles are taken on every 4th pixel of every 4th row, which is
-    plenty at radiograph sizes and keeps the sort small.
-
-    Args:
-      image: ``[H, W]`` or ``[H, W, 1]``, higher = brighter (as :mod:`jaxmed.io`
-        reads a radiograph).
-
-    Returns:
-      ``[H, W, 1]`` float32 in ``[0, 1]``; a constant image gives 0.
-    """
-    image = jnp.asarray(image, jnp.float32)
-    if image.ndim == 2:
-        image = image[..., None]
-    sample = image[::_PERCENTILE_STRIDE, ::_PERCENTILE_STRIDE, 0]
-    lo, hi = jnp.percentile(sample, jnp.asarray(_PERCENTILES))
-    return jnp.clip((image - lo) / jnp.maximum(hi - lo, 1e-12), 0.0, 1.0) * (hi > lo)
 
 
 def downsample(image: Array, size: int) -> Array:
