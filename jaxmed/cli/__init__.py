@@ -16,10 +16,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from jaxmed.cli import chest, core, lesions, scan_quality
+from jaxmed.cli import chest, core, lesions, scan_quality, vlm
 
 # Task name (as typed) -> its command module.
-TASKS = {scan_quality.NAME: scan_quality, chest.NAME: chest, lesions.NAME: lesions}
+TASKS = {scan_quality.NAME: scan_quality, chest.NAME: chest, lesions.NAME: lesions, vlm.NAME: vlm}
 DEFAULT_DEMO = scan_quality.NAME
 
 
