@@ -23,7 +23,7 @@ def add_verbs(subparsers, names=("train", "ask"), *, note: str = "") -> None:
 
 def _add_settings(p) -> None:
     p.add_argument("--preset", choices=("demo", "quick", "full"), default="demo", help="settings (default demo)")
-    p.add_argument("--schedule", choices=("curriculum", "shuffled"), help="training order (default curriculum)")
+    p.add_argument("--schedule", choices=("curriculum", "shuffled"), help="training order (default shuffled: it won the study, benchmarks/RESULTS.md)")
     p.add_argument("--encoder", choices=("autoencoder", "vit"), help="image tokens (default autoencoder)")
     p.add_argument("--finetune-encoder", action="store_true", default=None,
                    help="train the patch autoencoder's encoder with the model (default frozen)")
