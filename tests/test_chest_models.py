@@ -2,13 +2,17 @@
 
 Expected values by hand or numpy: the binary and categorical cross-entropies
 written out with logs; percentiles by ``numpy.percentile``; area fractions of
-block-aligned masks; the argmax of upsampled probabilities.
+block-aligned masks; the argmax of upsampled probabilities. Parameters are
+drawn with numpy (``_helpers.numpy_params``) and the functions under test
+jitted: an eager ``init``/``apply`` compiles every primitive separately, the
+bulk of these tests' time on CPU.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import numpy_params
 
 from jaxmed.losses import ClassifierLossConfig, finding_map_loss, make_classifier_loss, presence_type_losses
 from jaxmed.models import CLASSIFIER_PRESETS, ClassifierConfig, ConvClassifier
@@ -24,11 +28,11 @@ from jaxmed.tasks.chest import (
 from jaxmed.train.registry import MODELS
 
 
-def test_conv_classifier_shapes_and_embedding():
+def test_conv_classifier_shapes_and_embedding(rng):
     model = ConvClassifier(channels=(4, 8), num_outputs=5)
-    x = jnp.zeros((3, 16, 16, 1))
-    params = model.init(jax.random.key(0), x)
-    logits, emb = model.apply(params, x, with_embedding=True)
+    x = jnp.asarray(rng.uniform(size=(3, 16, 16, 1)), jnp.float32)
+    params = numpy_params(model, rng, x)
+    logits, emb = jax.jit(lambda p, x: model.apply(p, x, with_embedding=True))(params, x)
     assert logits.shape == (3, 5) and emb.shape == (3, 16)
     # The head is one dense layer on the embedding.
     head = params["params"]["head"]
@@ -62,12 +66,12 @@ def test_presence_type_losses_by_hand():
 def test_classifier_loss_weights_examples():
     model = ConvClassifier(channels=(4,), num_outputs=5)
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(4, 8, 8, 1)), jnp.float32)
-    params = model.init(jax.random.key(1), x)
+    params = numpy_params(model, np.random.default_rng(1), x)
     loss_fn = make_classifier_loss(model.apply, ClassifierLossConfig(pos_weight=1.0, type_weight=0.0))
     batch = {"image": x, "label": jnp.asarray([1.0, 0.0, 1.0, 0.0]), "finding_type": jnp.asarray([0, -1, 1, -1]),
              "weight": jnp.asarray([1.0, 0.0, 0.0, 1.0])}
-    loss, _ = loss_fn(params, batch, jax.random.key(2))
-    z = np.asarray(model.apply(params, x)[:, 0], np.float64)
+    loss, _ = jax.jit(loss_fn)(params, batch, jax.random.key(2))
+    z = np.asarray(jax.jit(model.apply)(params, x)[:, 0], np.float64)
     expected = (_bce(z[0], 1.0) + _bce(z[3], 0.0)) / 2
     assert float(loss) == pytest.approx(expected, rel=1e-5)
 
@@ -106,10 +110,11 @@ def test_region_loss_is_the_soft_cross_entropy():
     config = RegionNetConfig(input_size=16, features=4, depth=2)
     model = config.make_module()
     x = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 16, 16, 1)), jnp.float32)
-    params = model.init(jax.random.key(0), x)
+    params = numpy_params(model, np.random.default_rng(0), x)
     target = jax.nn.softmax(jnp.asarray(np.random.default_rng(2).normal(size=(2, 16, 16, 4))), axis=-1)
-    loss, _ = make_region_loss(model, config, augment=False)(params, {"image": x, "target": target}, None)
-    logits = np.asarray(model.apply(params, x), np.float64)
+    loss_fn = make_region_loss(model, config, augment=False)
+    loss, _ = jax.jit(lambda p, b: loss_fn(p, b, None))(params, {"image": x, "target": target})
+    logits = np.asarray(jax.jit(model.apply)(params, x), np.float64)
     log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     assert float(loss) == pytest.approx(float(-(np.asarray(target) * log_p).sum(-1).mean()), rel=1e-5)
 
@@ -125,19 +130,19 @@ def test_conv_classifier_centres_its_input_and_reads_presence_from_the_map(rng):
     x = jnp.asarray(rng.uniform(size=(2, 16, 16, 1)), jnp.float32)
     plain = ConvClassifier(channels=(4, 8), num_outputs=3)
     centred = ConvClassifier(channels=(4, 8), num_outputs=3, input_mean=0.5, input_std=0.25)
-    params = plain.init(jax.random.key(0), x)
-    np.testing.assert_allclose(np.asarray(centred.apply(params, x)), np.asarray(plain.apply(params, (x - 0.5) / 0.25)),
-                               atol=1e-5)
+    plain_params = numpy_params(plain, rng, x)
+    np.testing.assert_allclose(np.asarray(jax.jit(centred.apply)(plain_params, x)),
+                               np.asarray(jax.jit(plain.apply)(plain_params, (x - 0.5) / 0.25)), atol=1e-5)
     mapped = ConvClassifier(channels=(4, 8), num_outputs=3, map_head=True)
-    params = mapped.init(jax.random.key(1), x)
-    logits, emb, cells = mapped.apply(params, x, with_embedding=True, with_map=True)
+    params = numpy_params(mapped, rng, x)
+    logits, emb, cells = jax.jit(lambda p, x: mapped.apply(p, x, with_embedding=True, with_map=True))(params, x)
     assert cells.shape == (2, 4, 4) and emb.shape == (2, 16)
     head = params["params"]["head"]
     dense = np.asarray(emb) @ np.asarray(head["kernel"]) + np.asarray(head["bias"])
     np.testing.assert_allclose(np.asarray(logits[:, 0]), np.asarray(cells).max(axis=(1, 2)), atol=1e-6)
     np.testing.assert_allclose(np.asarray(logits[:, 1:]), dense[:, 1:], atol=1e-5)
     with pytest.raises(ValueError, match="map_head"):
-        plain.apply(plain.init(jax.random.key(0), x), x, with_map=True)
+        plain.apply(plain_params, x, with_map=True)
 
 
 def test_finding_map_loss_by_hand():
@@ -158,14 +163,14 @@ def test_finding_map_loss_by_hand():
 def test_classifier_loss_adds_the_map_term_and_asks_for_the_map():
     model = ConvClassifier(channels=(4,), num_outputs=2, map_head=True)
     x = jnp.ones((2, 8, 8, 1))
-    params = model.init(jax.random.key(0), x)
+    params = numpy_params(model, np.random.default_rng(0), x)
     batch = {"image": x, "label": jnp.array([1.0, 0.0]), "finding_type": jnp.array([0, -1]),
              "finding_map": jnp.zeros((2, 8, 8)).at[0].set(1.0)}
     plain = make_classifier_loss(model.apply, ClassifierLossConfig(map_weight=0.0))
     mapped = make_classifier_loss(model.apply, ClassifierLossConfig(map_weight=2.0, map_pos_weight=5.0))
-    base, _ = plain(params, batch, None)
-    total, metrics = mapped(params, batch, None)
-    _, cells = model.apply(params, x, with_map=True)
+    base, _ = jax.jit(lambda p, b: plain(p, b, None))(params, batch)
+    total, metrics = jax.jit(lambda p, b: mapped(p, b, None))(params, batch)
+    _, cells = jax.jit(lambda p, x: model.apply(p, x, with_map=True))(params, x)
     z = np.asarray(cells, np.float64)  # [2, 4, 4]; image 0 wholly covered -> target 1, image 1 none -> 0
     target = np.zeros_like(z)
     target[0] = 1.0

@@ -40,15 +40,34 @@ def phantoms():
 
 
 @pytest.fixture(scope="module")
-def layouts(phantoms):
-    labels = jax.vmap(region_labels)(phantoms["right_lung"], phantoms["left_lung"], phantoms["heart"])
+def labels(phantoms):
+    """The phantoms' label maps, ``[N, H, W]`` (one compiled call, shared by the tests)."""
+    labels = jax.jit(jax.vmap(region_labels))(phantoms["right_lung"], phantoms["left_lung"], phantoms["heart"])
+    return np.asarray(labels)
+
+
+# Jitted once per module: eager calls compile every primitive separately (seconds on CPU).
+_exact_windows = jax.jit(lambda key, lab, m, v, lung: training_windows(key, lab, m, v, lung, EXACT))
+_scaled_windows = jax.jit(jax.vmap(lambda key, lab, m, v, lung: training_windows(key, lab, m, v, lung, SCALED)))
+
+
+@pytest.fixture(scope="module")
+def scaled_training_layouts(phantoms, labels):
+    """Training windows (SCALED) of every phantom, drawn with ``split(key(4), N)``."""
+    keys = jax.random.split(jax.random.key(4), N)
+    return jax.device_get(_scaled_windows(keys, labels, phantoms["finding_masks"], phantoms["finding_valid"],
+                                          phantoms["finding_lung"]))
+
+
+@pytest.fixture(scope="module")
+def layouts(phantoms, labels):
     out = {}
     for name, config in (("scaled", SCALED), ("exact", EXACT)):
         layout = jax.jit(jax.vmap(lambda lab, c=config: segment_layout(lab, c)))(labels)
         segments = jax.jit(jax.vmap(lambda x, lab, lay, c=config: extract_segments(x, lab, lay, c)))(
             phantoms["image"], labels, layout)
         out[name] = jax.device_get((layout, segments))
-    return np.asarray(labels), out
+    return labels, out
 
 
 def _rect(shape, corner, win):
@@ -145,13 +164,8 @@ def test_scaled_segments_blank_far_from_the_region(layouts):
             assert np.all(segments[i, k, ..., 0][sampled] == SCALED.fill_value)
 
 
-def test_every_finding_lies_whole_in_a_drawn_training_segment(phantoms):
-    labels = jax.vmap(region_labels)(phantoms["right_lung"], phantoms["left_lung"], phantoms["heart"])
-    keys = jax.random.split(jax.random.key(4), N)
-    draw = jax.jit(jax.vmap(lambda key, lab, m, v, lung: training_windows(key, lab, m, v, lung, SCALED)))
-    layout = jax.device_get(draw(keys, labels, phantoms["finding_masks"], phantoms["finding_valid"],
-                                 phantoms["finding_lung"]))
-    labels = np.asarray(labels)
+def test_every_finding_lies_whole_in_a_drawn_training_segment(phantoms, labels, scaled_training_layouts):
+    layout = scaled_training_layouts
     win = SCALED.window
     square = np.ones((2 * SCALED.margin + 1,) * 2, bool)
     findings = whole = fits = 0
@@ -175,12 +189,12 @@ def test_every_finding_lies_whole_in_a_drawn_training_segment(phantoms):
     assert whole == fits == findings  # at 133 mm windows every phantom finding here fits, and is whole in one
 
 
-def test_segment_targets_match_numpy_counts(phantoms):
-    labels = region_labels(phantoms["right_lung"][0], phantoms["left_lung"][0], phantoms["heart"][0])
+def test_segment_targets_match_numpy_counts(phantoms, labels, scaled_training_layouts):
+    labels = labels[0]
     masks, valid = phantoms["finding_masks"][0], phantoms["finding_valid"][0]
-    layout = training_windows(jax.random.key(5), labels, masks, valid, phantoms["finding_lung"][0], SCALED)
-    targets = jax.device_get(segment_targets(labels, masks, valid, phantoms["finding_type"][0], layout, SCALED))
-    labels, layout = np.asarray(labels), jax.device_get(layout)
+    layout = jax.tree.map(lambda a: a[0], scaled_training_layouts)  # phantom 0's training windows
+    targets = jax.device_get(jax.jit(lambda lab, m, v, t, lay: segment_targets(lab, m, v, t, lay, SCALED))(
+        labels, masks, valid, phantoms["finding_type"][0], layout))
     square = np.ones((2 * SCALED.margin + 1,) * 2, bool)
     shows = {0: (1,), 1: (2,), 2: (3,), 3: (1, 3), 4: (2, 3)}
     for k in range(len(layout.kinds)):
@@ -198,10 +212,9 @@ def test_segment_targets_match_numpy_counts(phantoms):
         assert targets["label"][k] == float(best >= SCALED.label_fraction)
 
 
-def test_extraction_has_no_python_loop_over_windows(phantoms):
+def test_extraction_has_no_python_loop_over_windows(phantoms, labels):
     """The traced program is the same size for 9 windows and for 30: the windows are a vmapped axis."""
-    image, labels = jnp.asarray(phantoms["image"][0]), region_labels(
-        phantoms["right_lung"][0], phantoms["left_lung"][0], phantoms["heart"][0])
+    image, labels = jnp.asarray(phantoms["image"][0]), jnp.asarray(labels[0])
 
     def size(k):
         from jaxmed.tasks.chest import Layout
@@ -220,7 +233,7 @@ def test_layout_refuses_windows_larger_than_the_radiograph():
         SegmentConfig(rows_per_lung=1, cols_per_lung=1)
 
 
-def test_training_segments_and_their_labels_agree_with_numpy(phantoms):
+def test_training_segments_and_their_labels_agree_with_numpy(phantoms, labels):
     """The train step's segments, labels and finding maps, radiograph by radiograph, against numpy crops.
 
     Segment ``b * K + k`` of the flattened batch must be window ``k`` of
@@ -232,13 +245,12 @@ def test_training_segments_and_their_labels_agree_with_numpy(phantoms):
     from jaxmed.tasks.chest.classifier import draw_training_segments
 
     rows = [0, 1]
-    labels = np.asarray(jax.vmap(region_labels)(phantoms["right_lung"], phantoms["left_lung"], phantoms["heart"]))
     masks = np.asarray(phantoms["finding_masks"])
     batch = {"image": np.asarray(phantoms["image"])[rows], "labels": labels[rows],
              "finding_bits": pack_findings(masks[rows]),
              **{k: np.asarray(phantoms[k])[rows] for k in ("finding_valid", "finding_lung", "finding_type")}}
     key = jax.random.key(6)
-    drawn = jax.device_get(draw_training_segments(key, batch, EXACT))
+    drawn = jax.device_get(jax.jit(lambda k, b: draw_training_segments(k, b, EXACT))(key, batch))
     keys = jax.random.split(key, len(rows))
     win = EXACT.window
     square = np.ones((2 * EXACT.margin + 1,) * 2, bool)
@@ -246,8 +258,8 @@ def test_training_segments_and_their_labels_agree_with_numpy(phantoms):
     num_k = EXACT.num_segments + masks.shape[1]
     positives = 0
     for b, i in enumerate(rows):
-        layout = jax.device_get(training_windows(keys[b], labels[i], masks[i], phantoms["finding_valid"][i],
-                                                 phantoms["finding_lung"][i], EXACT))
+        layout = jax.device_get(_exact_windows(keys[b], labels[i], masks[i], phantoms["finding_valid"][i],
+                                               phantoms["finding_lung"][i]))
         image = np.asarray(phantoms["image"][i], np.float32)[..., 0]
         for k in range(num_k):
             r, c = layout.corners[k]
@@ -272,17 +284,15 @@ def test_training_segments_and_their_labels_agree_with_numpy(phantoms):
     assert positives >= len(rows)  # every phantom here has a finding, and its own window shows it
 
 
-def test_spare_training_windows_sit_anywhere_in_their_lung(phantoms):
+def test_spare_training_windows_sit_anywhere_in_their_lung(phantoms, labels):
     """An unused finding slot's window is placed around a random lung pixel, not copied from the layout."""
-    labels = region_labels(phantoms["right_lung"][0], phantoms["left_lung"][0], phantoms["heart"][0])
-    none = jnp.zeros_like(phantoms["finding_valid"][0])
-    draw = jax.jit(lambda key: training_windows(key, labels, phantoms["finding_masks"][0], none,
-                                                phantoms["finding_lung"][0], EXACT))
-    layout = jax.device_get(segment_layout(labels, EXACT))
-    labels = np.asarray(labels)
+    labels = labels[0]
+    none = np.zeros_like(phantoms["finding_valid"][0])
+    layout = jax.device_get(jax.jit(lambda lab: segment_layout(lab, EXACT))(labels))
     win, spare_corners = EXACT.window, []
     for s in range(20):
-        drawn = jax.device_get(draw(jax.random.key(s)))
+        drawn = jax.device_get(_exact_windows(jax.random.key(s), labels, phantoms["finding_masks"][0], none,
+                                              phantoms["finding_lung"][0]))
         for k in range(EXACT.num_segments, len(drawn.kinds)):
             kind = int(drawn.kinds[k])
             assert kind in (0, 1)

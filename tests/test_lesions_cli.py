@@ -2,7 +2,10 @@
 folder, phases in metrics.jsonl, the frozen encoder, a bit-exact resume), predict on DICOM folders the phantom
 writer wrote (good and bad ones), evaluate on a site; what is written is checked by reading it back.
 
-One module-scoped model and one set of exams keep the compilations (the cost of these tests) few."""
+One module-scoped model and one set of exams keep the compilations (the cost of these tests) few: the
+localiser's initial variables are computed once per seed and config for the module (`init_localiser` is a pure
+jitted function whose compilation takes seconds, and each call compiles it anew), and the exams are registered on
+one pyramid level (the registration's quality is checked in test_lesions_preprocess; here only the plumbing)."""
 
 import contextlib
 import dataclasses
@@ -11,6 +14,7 @@ import json
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -20,6 +24,7 @@ from jaxmed.io import read_nifti, read_series, write_dicom_series
 from jaxmed.losses import LocaliserLossConfig
 from jaxmed.models import LocaliserConfig, MapClassifierConfig, encoder_params_from_unet
 from jaxmed.tasks.lesions import ExamError, PhaseConfig, PreprocessConfig, TrainConfig, find_series
+from jaxmed.tasks.lesions import training
 from jaxmed.tasks.lesions.training import load_lesion_model, train_lesion_model, train_localiser, uniform_batches
 from jaxmed.train import Checkpointer
 
@@ -29,12 +34,30 @@ CONFIG = TrainConfig(
                               fusion_hidden=4),
     classifier=MapClassifierConfig(features=4, depth=1, norm_groups=4, hidden=8),
     loss=LocaliserLossConfig(masked=True, cell=4),
-    preprocess=PreprocessConfig(shape=SHAPE, spacing_mm=(4.0, 4.0), num_steps=15),
+    preprocess=PreprocessConfig(shape=SHAPE, spacing_mm=(4.0, 4.0), num_steps=15, levels=(1.0,)),
     second="", deploy="", deploy_k=0, mc_samples=2,
     reference_phase=PhaseConfig(steps=3, batch_size=4), continue_phase=PhaseConfig(steps=0),
     deploy_phase=PhaseConfig(steps=0), frozen_phase=PhaseConfig(steps=2, batch_size=4),
     joint_phase=PhaseConfig(steps=2, batch_size=4),
 )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def init_localiser_once():
+    """`training.init_localiser`, memoised on (key, config) for this module: the same values, one compilation.
+
+    Each call returns fresh device arrays (the train step donates its state)."""
+    real, cache = training.init_localiser, {}
+
+    def init(key, config):
+        entry = (np.asarray(jax.random.key_data(key)).tobytes(), config)
+        if entry not in cache:
+            cache[entry] = jax.device_get(real(key, config))
+        return jax.tree.map(jnp.asarray, cache[entry])
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training, "init_localiser", init)
+        yield cache
 
 
 @pytest.fixture(scope="module")

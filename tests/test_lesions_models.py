@@ -2,13 +2,17 @@
 
 Expected values are computed independently: numpy by hand (the fusions'
 formulas, the cumulative-link probabilities as differences of sigmoids) and
-Flax's own record of the U-Net's intermediate outputs.
+Flax's own record of the U-Net's intermediate outputs. Where a test checks a
+function of the parameters, not their initial values, they are drawn with numpy
+(``_helpers.numpy_params``) and the modules applied jitted: an eager ``init``
+compiles each initialiser per shape (about a second each on CPU).
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import numpy_params
 
 from jaxmed.losses import cumulative_link_log_probs, cumulative_link_nll, localiser_pixel_loss
 from jaxmed.models import MapClassifier, MultiModalLocaliser, UNet, UNetEncoder, encoder_params_from_unet, fuse_logits
@@ -45,7 +49,7 @@ def test_modality_inputs_layout():
 def test_each_modality_map_sees_only_its_own_image(rng):
     model = MultiModalLocaliser(**TINY, feature_channels=4, fusion_hidden=4, fusion="learned")
     x = jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32)
-    params = model.init(jax.random.key(0), x)
+    params = numpy_params(model, rng, x)
     apply = jax.jit(lambda p, x: model.apply(p, x, with_maps=True))
     out = apply(params, x)
     changed = apply(params, x.at[..., 2].multiply(-3.0))
@@ -59,26 +63,33 @@ def test_classifier_encoder_starts_as_the_localisers_unet_encoder(rng):
     """With the U-Net's weights the encoder gives the U-Net's own bottleneck (Flax's intermediate record)."""
     unet = UNet(**TINY, out_channels=4)
     x = jnp.asarray(rng.normal(size=(3, 16, 16, 4)), jnp.float32)  # image + 3-modality code
-    unet_params = unet.init(jax.random.key(1), x)["params"]
-    _, state = unet.apply({"params": unet_params}, x, capture_intermediates=True, mutable=["intermediates"])
+    unet_params = numpy_params(unet, rng, x)["params"]
+    _, state = jax.jit(lambda p, x: unet.apply(p, x, capture_intermediates=True, mutable=["intermediates"]))(
+        {"params": unet_params}, x)
     bottleneck = state["intermediates"]["ConvBlock_1"]["__call__"][0]
     encoder = UNetEncoder(**TINY)
     with_map = jnp.concatenate([x, jnp.asarray(rng.uniform(size=(3, 16, 16, 1)), jnp.float32)], axis=-1)
-    enc_params = encoder.init(jax.random.key(2), with_map)["params"]
+    enc_params = numpy_params(encoder, rng, with_map)["params"]
     taken = encoder_params_from_unet(unet_params, enc_params)
-    np.testing.assert_allclose(encoder.apply({"params": taken}, with_map), bottleneck, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(encoder.apply)({"params": taken}, with_map), bottleneck, rtol=1e-5, atol=1e-5)
     first = taken["ConvBlock_0"]["Conv_0"]["kernel"]
     np.testing.assert_array_equal(first[..., 4, :], 0.0)  # the map's input kernel starts at 0
     with pytest.raises(ValueError, match="U-Net"):
-        encoder_params_from_unet(unet_params, UNetEncoder(features=4, depth=2, norm_groups=4).init(
-            jax.random.key(3), with_map)["params"])
+        encoder_params_from_unet(unet_params, numpy_params(UNetEncoder(features=4, depth=2, norm_groups=4), rng,
+                                                           with_map)["params"])
 
 
 def test_map_classifier_outputs_increasing_cutpoints(rng):
     model = MapClassifier(**TINY, hidden=8)
     x = jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32)
     p = jnp.asarray(rng.uniform(size=(2, 16, 16)), jnp.float32)
-    out = model.apply(model.init(jax.random.key(0), x, p), x, p)
+    # The cut-points as MapClassifier initialises them; the other weights drawn with numpy (only the cut-points'
+    # initial values matter here, and a jitted init that returns them alone compiles without the kernels').
+    params = numpy_params(model, rng, x, p)
+    cuts = jax.jit(lambda k: {n: model.init(k, x, p)["params"][n] for n in ("cut_first", "cut_gaps")})(
+        jax.random.key(0))
+    params = {"params": {**params["params"], **cuts}}
+    out = jax.jit(model.apply)(params, x, p)
     c = np.asarray(out["cumulative_logits"])
     assert c.shape == (2, 4) and np.all(np.diff(c, axis=1) < 0)
     np.testing.assert_allclose(c[:, 0], out["score"], rtol=1e-6)  # the first cut-point starts at 0
@@ -104,7 +115,7 @@ def test_cumulative_link_nll_saturated():
     c = jnp.asarray([[40.0, 39.0, -20.0, -41.0]] * 3)
     nll = jax.jit(cumulative_link_nll)(c, jnp.asarray([0, 1, 4]))
     np.testing.assert_allclose(nll, [40.0, 39.0 - np.log1p(-np.exp(-1.0)), 41.0], rtol=1e-6)
-    grads = jax.grad(lambda c: cumulative_link_nll(c, jnp.asarray([0, 1, 4])).sum())(c)
+    grads = jax.jit(jax.grad(lambda c: cumulative_link_nll(c, jnp.asarray([0, 1, 4])).sum()))(c)
     assert np.all(np.isfinite(grads))
 
 
@@ -118,5 +129,5 @@ def test_localiser_pixel_loss_by_hand(rng):
 
     w = 1 + 4.0 * target
     expected = w * bce(fused, target) + 0.5 * np.mean(w[..., None] * bce(maps, target[..., None]), axis=-1)
-    np.testing.assert_allclose(localiser_pixel_loss(fused, maps, target, pos_weight=5.0, modality_weight=0.5),
-                               expected, rtol=1e-5)
+    loss = jax.jit(lambda f, m, t: localiser_pixel_loss(f, m, t, pos_weight=5.0, modality_weight=0.5))
+    np.testing.assert_allclose(loss(fused, maps, target), expected, rtol=1e-5)

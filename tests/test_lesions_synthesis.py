@@ -1,9 +1,12 @@
 """The synthesis anomaly map (sliding masks, vmapped) against a Python loop, and the exam augmentation by hand."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import numpy_params
 
 from jaxmed.tasks.lesions.augment import ExamAugment, augment_exam
 from jaxmed.tasks.lesions.synthesis import InpaintConfig, anomaly_maps, init_inpainter, patch_masks
@@ -21,7 +24,13 @@ def test_patch_masks_cover_the_grid():
 def test_anomaly_map_equals_a_loop_over_masks(rng):
     config = InpaintConfig(patch=8, features=4, depth=1)
     images = rng.normal(size=(3, 16, 16, 3)).astype(np.float32)
-    params = init_inpainter(jax.random.key(0), config, (16, 16, 3))
+    # Weights drawn with numpy in init_inpainter's layout (the map is checked for any weights; compiling the
+    # initialiser costs seconds on CPU).
+    layout = jax.eval_shape(functools.partial(init_inpainter, config=config, image_shape=(16, 16, 3)),
+                            jax.random.key(0))
+    params = numpy_params(config.make_module(3), rng, jax.ShapeDtypeStruct((1, 16, 16, 4), jnp.float32))
+    assert jax.tree.structure(params) == jax.tree.structure(layout)
+    assert jax.tree.map(lambda a: a.shape, params) == jax.tree.map(lambda a: a.shape, layout)
     got = anomaly_maps(params, config, images)
     apply = jax.jit(config.make_module(3).apply)
     masks = patch_masks((16, 16), patch=8)
@@ -66,7 +75,7 @@ def test_augment_keeps_coverage_and_zscores(rng):
 def test_augment_flips_images_and_target_together(rng):
     x, target = _exam(rng)
     config = ExamAugment(flip_probability=1.0, gamma_range=(1.0, 1.0), bias=0.0, noise_std=0.0, adc_scale=0.0)
-    y, t = augment_exam(jax.random.key(0), x, target, config)
+    y, t = jax.jit(lambda k, x, t: augment_exam(k, x, t, config))(jax.random.key(0), x, target)
     np.testing.assert_array_equal(t, target[:, ::-1])
     np.testing.assert_allclose(np.asarray(y)[..., 1], x[:, ::-1, 1], rtol=1e-6)
     # With every change off, T2 is only re-z-scored: the same ranks, mirrored.
