@@ -36,6 +36,7 @@ from functools import partial
 import jax
 import numpy as np
 
+from jaxmed.metrics import dice
 from jaxmed.models.transformer import Transformer, greedy_decode
 from jaxmed.tasks.vlm.curriculum import FAMILY_STAGE, STAGES
 from jaxmed.tasks.vlm.data import HEADS, InstructionSet, answer_text
@@ -140,9 +141,8 @@ def visible(ins, truth, *, visible_nodule_mm: float = 10.0) -> bool:
     return bool(sizes) and max(sizes) >= visible_nodule_mm
 
 
-def _dice(pred: np.ndarray, target: np.ndarray) -> float:
-    inter, total = np.logical_and(pred, target).sum(), pred.sum() + target.sum()
-    return 1.0 if total == 0 else float(2 * inter / total)
+# The foreground Dice of jaxmed.metrics (1 when both masks are empty), compiled once per mask shape.
+_dice = jax.jit(lambda pred, target: dice(pred, target, num_classes=2)[1])
 
 
 def _first_number(text: str) -> float | None:
@@ -177,6 +177,7 @@ def evaluate(model: VLMModel, data: InstructionSet, *, batch_size: int = 32, pro
     by = defaultdict(list)
     f1_counts = {"tp": 0, "fp": 0, "fn": 0}
     head_token_ok, arrays = [], []
+    short_row = {int(index): row for row, index in enumerate(data.short["index"])}
     for index, (i, ins) in enumerate(data.instructions):
         table, pred, mask_row = answers[index]
         truth, spacing = data.truths[i], float(data.truths[i]["pixel_spacing_mm"])
@@ -184,13 +185,13 @@ def evaluate(model: VLMModel, data: InstructionSet, *, batch_size: int = 32, pro
         rec = {"image": i, "family": ins.family, "stage": ins.stage, "prompt": ins.prompt,
                "expected": answer_text(ins), "answer": pred["text"]}
         if ins.target_kind == "mask":
-            rec["dice"] = _dice(pred["mask"], data.masks[mask_row])
+            rec["dice"] = float(_dice(pred["mask"], data.masks[mask_row]))
             extra = {"mask": pred["mask"], "true_mask": data.masks[mask_row]}
             what = ins.subject.name if ins.family == "segment" else ins.subject.type
             by[f"dice/{what}"].append(rec["dice"])
             head_token_ok.append(pred["tokens"][:1] == [tok.seg_id])
         elif ins.target_kind == "landmark":
-            expected = np.asarray(data.short["landmark"][data.short["index"] == index][0]) * model.config.image_size - 0.5
+            expected = np.asarray(data.short["landmark"][short_row[index]]) * model.config.image_size - 0.5
             rec["landmark_error_mm"] = float(np.linalg.norm(np.asarray(pred["landmark"]) - expected) * spacing)
             extra = {"landmark": pred["landmark"], "true_landmark": tuple(expected)}
             by[f"landmark_mm/{ins.family}"].append(rec["landmark_error_mm"])

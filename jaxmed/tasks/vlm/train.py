@@ -257,8 +257,7 @@ def init_params(task: VLMTaskConfig, config: VLMConfig, module: VisionLanguageMo
                          jnp.zeros((1, p), jnp.int32), jnp.ones((1, p), bool), jnp.zeros((1, a), jnp.int32),
                          jnp.ones((1, a), bool), jnp.ones((1,), jnp.int32), method=VisionLanguageModel.heads)
     if autoencoder_params is not None:
-        params = jax.tree.map(lambda x: x, params)
-        params["params"]["patch_encoder"] = autoencoder_params["params"]
+        params = {"params": {**params["params"], "patch_encoder": autoencoder_params["params"]}}
     return params
 
 
