@@ -72,17 +72,7 @@ from jaxmed.tasks.chest import (
     radiograph_set,
     training_set_key,
 )
-from jaxmed.train import (
-    Checkpointer,
-    OptimConfig,
-    TrainConfig,
-    TrainState,
-    fit,
-    jit_train_step,
-    make_mesh,
-    make_optimizer,
-    make_train_step,
-)
+from jaxmed.train import OptimConfig, make_optimizer, run_phase
 
 BINS = ((3.0, 6.0), (6.0, 10.0), (10.0, 20.0), (20.0, 30.0))
 _TEST_STREAM = 1000
@@ -133,10 +123,8 @@ def train_whole(name: str, config: ClassifierConfig, images: np.ndarray, label: 
         loss = dataclasses.replace(loss, map_weight=0.0)
     model = config.make_module()
     params = model.init(jax.random.key(seed), jnp.zeros((1, *config.image_shape)))
-    mesh = make_mesh(1)
     tx = make_optimizer(OptimConfig(learning_rate=lr, schedule="warmup-cosine", warmup_steps=max(1, steps // 20),
                                     grad_clip_norm=1.0), total_steps=steps)
-    state = TrainState.create(params=params, tx=tx, key=jax.random.key(seed + 1))
     n = len(images)
 
     def batch_fn(step):
@@ -144,14 +132,15 @@ def train_whole(name: str, config: ClassifierConfig, images: np.ndarray, label: 
         out = {"image": images[rows].astype(np.float32), "label": label[rows], "finding_type": kind[rows]}
         return out if maps is None else {**out, "finding_map": maps[rows]}
 
-    run_dir = out / name
+    record = {"experiment": "chest_segments", "part": name, "model": dataclasses.asdict(config),
+              "loss": dataclasses.asdict(loss), "data": {"num_images": n, "maps": maps is not None},
+              "optim": {"learning_rate": lr, "steps": steps, "batch_size": batch, "seed": seed}}
     t = time.perf_counter()
-    with Checkpointer(run_dir, keep=1) as checkpointer:
-        result = fit(state, train_step=jit_train_step(make_train_step(make_classifier_loss(model.apply, loss)), mesh),
-                     batch_fn=batch_fn, config=TrainConfig(steps=steps, batch_size=batch, log_every=10, eval_every=0,
-                                                           checkpoint_every=0, keep=1, devices=1),
-                     mesh=mesh, checkpointer=checkpointer, metrics_path=run_dir / "metrics.jsonl")
-    return jax.device_put(result.state.params, jax.local_devices()[0]), time.perf_counter() - t
+    # A finished run of the same settings in OUT/name is loaded, a stopped one resumed.
+    params, _ = run_phase(make_classifier_loss(model.apply, loss), params, tx, batch_fn, steps=steps,
+                          key=jax.random.key(seed + 1), run_dir=out / name, record=record, progress=False,
+                          batch_size=batch, log_every=10, checkpoint_every=0)
+    return jax.device_put(params, jax.local_devices()[0]), time.perf_counter() - t
 
 
 def whole_scores(config: ClassifierConfig, params, images: np.ndarray, *, batch: int) -> np.ndarray:

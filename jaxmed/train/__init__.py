@@ -35,6 +35,7 @@ from jaxmed.train.parallel import (
     replicated_sharding,
     shard_batch,
 )
+from jaxmed.train.phase import params_digest, run_phase
 from jaxmed.train.registry import MODELS, ModelSpec
 from jaxmed.train.run import RunConfig, train_model
 from jaxmed.train.sources import ImageSplits, load_image_splits
@@ -72,10 +73,12 @@ __all__ = [
     "make_optimizer",
     "make_schedule",
     "make_train_step",
+    "params_digest",
     "plot_loss_curve",
     "read_metrics",
     "replicate",
     "replicated_sharding",
+    "run_phase",
     "save_config",
     "save_preprocessing",
     "shard_batch",

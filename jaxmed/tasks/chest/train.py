@@ -33,20 +33,7 @@ import optax
 import jaxmed
 from jaxmed.data.batching import batch_indices
 from jaxmed.io import prepare_out_dir
-from jaxmed.train import (
-    Checkpointer,
-    OptimConfig,
-    TrainConfig,
-    TrainState,
-    fit,
-    jit_train_step,
-    make_mesh,
-    make_optimizer,
-    make_train_step,
-    plot_loss_curve,
-    read_metrics,
-    save_config,
-)
+from jaxmed.train import Checkpointer, OptimConfig, make_optimizer, read_metrics, run_phase
 from jaxmed.tasks.chest.classifier import make_segment_loss
 from jaxmed.tasks.chest.config import ChestConfig, config_from_json, config_to_json
 from jaxmed.tasks.chest.data import radiograph_set, region_set
@@ -65,27 +52,14 @@ _REGION_DATA, _TRAIN_DATA, _REGION_INIT, _CLASSIFIER_INIT, _ATTENTION_INIT, _STE
 
 def _run(name: str, loss_fn, params, batch_fn: Callable[[int], dict], *, steps: int, batch_size: int, lr: float,
          key: jax.Array, run_dir: Path, record: dict, progress: bool, log_every: int = 10):
-    """One engine run: warm-up + cosine Adam, checkpoint at the end, metrics and loss curve in ``run_dir``."""
-    mesh = make_mesh(1)
+    """One engine run (:func:`jaxmed.train.run_phase`): warm-up + cosine Adam, checkpointed at the end."""
     tx = make_optimizer(OptimConfig(learning_rate=lr, schedule="warmup-cosine", warmup_steps=max(1, steps // 20),
                                     grad_clip_norm=1.0), total_steps=steps)
-    state = TrainState.create(params=params, tx=tx, key=key)
-    train = TrainConfig(steps=steps, batch_size=batch_size, log_every=log_every, eval_every=0, checkpoint_every=0,
-                        keep=1, devices=1)
-    save_config(run_dir, {"jaxmed_version": jaxmed.__version__, "task": "chest", "part": name, **record,
-                          "optim": {"learning_rate": lr, "schedule": "warmup-cosine", "steps": steps,
-                                    "batch_size": batch_size}})
-    checkpointer = Checkpointer(run_dir, keep=1)
-    metrics_path = run_dir / "metrics.jsonl"
-    try:
-        result = fit(state, train_step=jit_train_step(make_train_step(loss_fn), mesh), batch_fn=batch_fn,
-                     config=train, mesh=mesh, checkpointer=checkpointer, metrics_path=metrics_path,
-                     progress=progress)
-    finally:
-        checkpointer.close()
-        if metrics_path.exists():
-            plot_loss_curve(read_metrics(metrics_path), run_dir / "loss_curve.png")
-    return jax.device_put(result.state.params, jax.local_devices()[0]), result.records
+    record = {"jaxmed_version": jaxmed.__version__, "task": "chest", "part": name, **record,
+              "optim": {"learning_rate": lr, "schedule": "warmup-cosine", "steps": steps, "batch_size": batch_size}}
+    params, records = run_phase(loss_fn, params, tx, batch_fn, steps=steps, key=key, run_dir=run_dir, record=record,
+                                progress=progress, batch_size=batch_size, log_every=log_every, checkpoint_every=0)
+    return jax.device_put(params, jax.local_devices()[0]), records
 
 
 def _batches(data: dict[str, np.ndarray], batch_size: int, seed: int, keys: tuple[str, ...]):

@@ -53,7 +53,7 @@ from jaxmed.tasks.lesions.training import (
     continue_localiser,
     deploy_localiser,
     fingerprint,
-    run_phase,
+    lesion_phase,
     save_model_record,
     train_classifier,
     train_localiser,
@@ -129,7 +129,7 @@ def _train_inpainter(config: StudyConfig, normal: dict, run_dir: Path, *, progre
     params = init_inpainter(jax.random.fold_in(jax.random.key(t.seed), 31), config.synthesis, shape)
     phase = PhaseConfig(steps=config.synthesis_steps, batch_size=t.reference_phase.batch_size, learning_rate=2e-3)
     batches = uniform_batches(normal, batch_size=phase.batch_size, seed=t.seed * 100 + 9, keys=("image",))
-    params, _ = run_phase("synthesis", inpaint_loss(config.synthesis, shape[:-1], shape[-1]), params,
+    params, _ = lesion_phase("synthesis", inpaint_loss(config.synthesis, shape[:-1], shape[-1]), params,
                           None, batches, phase=phase, key=jax.random.fold_in(jax.random.key(t.seed), 32),
                           run_dir=run_dir, record={"model": {"name": "inpainter",
                                                              **dataclasses.asdict(config.synthesis)},

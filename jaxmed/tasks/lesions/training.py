@@ -24,7 +24,6 @@ import functools
 import hashlib
 import json
 import math
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -40,16 +39,8 @@ from jaxmed.losses.masked_region import blank_modalities
 from jaxmed.train import (
     Checkpointer,
     OptimConfig,
-    TrainConfig as EngineConfig,
-    TrainState,
-    fit,
-    jit_train_step,
-    make_mesh,
     make_optimizer,
-    make_train_step,
-    plot_loss_curve,
-    read_metrics,
-    save_config,
+    run_phase,
 )
 from jaxmed.tasks.lesions.augment import augment_batch
 from jaxmed.tasks.lesions.config import PhaseConfig, TrainConfig, config_to_json, train_config_from_json
@@ -57,7 +48,7 @@ from jaxmed.tasks.lesions.models import LesionNet, init_classifier, init_localis
 from jaxmed.tasks.lesions.ordering import exam_embeddings, mc_dropout_probs, similarity_order, uncertainty_order
 
 __all__ = ["LESIONS_FILE", "PHASES", "LesionModel", "continue_localiser", "deploy_localiser", "load_lesion_model",
-           "fingerprint", "paced_batches", "run_phase", "save_model_record", "train_classifier", "train_lesion_model", "train_localiser",
+           "fingerprint", "lesion_phase", "paced_batches", "save_model_record", "train_classifier", "train_lesion_model", "train_localiser",
            "uniform_batches"]
 
 LESIONS_FILE = "lesions.json"
@@ -180,9 +171,9 @@ def _optimizer(phase: PhaseConfig, frozen: str | None = None) -> optax.GradientT
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
-def run_phase(name: str, loss_fn, params, tx, batch_fn: BatchFn, *, phase: PhaseConfig, key: jax.Array,
-              run_dir: Path, record: dict, progress: bool, force: bool) -> tuple[Any, list[dict]]:
-    """One engine run in ``run_dir``: resumed when it holds the same run, loaded when that run is finished.
+def lesion_phase(name: str, loss_fn, params, tx, batch_fn: BatchFn, *, phase: PhaseConfig, key: jax.Array,
+                 run_dir: Path, record: dict, progress: bool, force: bool) -> tuple[Any, list[dict]]:
+    """One phase of the lesion model: :func:`jaxmed.train.run_phase` with the phase's settings in ``config.json``.
 
     Args:
       name: the phase (stored in ``config.json``).
@@ -192,56 +183,19 @@ def run_phase(name: str, loss_fn, params, tx, batch_fn: BatchFn, *, phase: Phase
       batch_fn: ``batch_fn(step)``, a pure function of the step.
       phase: steps, batch size, learning rate.
       key: the run's root key (step ``s`` uses ``fold_in(key, s)``).
-      run_dir: the run's folder.
-      record: what else ``config.json`` says (model, data); a folder whose
-        record differs holds another run. The starting variables' SHA-1
-        joins it (``"init"``), so a phase started from other weights is
-        another run.
+      run_dir: the run's folder: resumed when it holds the same run, loaded
+        when that run is finished.
+      record: what else ``config.json`` says (model, data).
       progress: a progress bar.
       force: start over in a folder holding another run (else `FileExistsError`).
 
     Returns:
       ``(variables, records)`` after ``phase.steps`` steps.
     """
-    tx = _optimizer(phase) if tx is None else tx
-    init = hashlib.sha1()
-    for leaf in jax.tree.leaves(jax.device_get(params)):
-        init.update(np.ascontiguousarray(leaf).tobytes())
-    record = json.loads(json.dumps({"jaxmed_version": jaxmed.__version__, "task": "lesions", "phase": name,
-                                    **record, "optim": dataclasses.asdict(phase), "init": init.hexdigest()}))
-    config_path = run_dir / "config.json"
-    if run_dir.exists() and any(run_dir.iterdir()):
-        stored = json.loads(config_path.read_text()) if config_path.is_file() else None
-        if stored != record:
-            if not force:
-                what = "different settings" if stored else "no config.json"
-                raise FileExistsError(f"{run_dir}: holds another run ({what}); pass force to start the phase over")
-            shutil.rmtree(run_dir)
-    mesh = make_mesh(1)
-    state = TrainState.create(params=params, tx=tx, key=key)
-    train = EngineConfig(steps=phase.steps, batch_size=phase.batch_size, log_every=max(1, min(10, phase.steps // 5)),
-                         eval_every=0, checkpoint_every=max(1, min(50, phase.steps // 4)), keep=1, devices=1)
-    save_config(run_dir, record)
-    checkpointer = Checkpointer(run_dir, keep=1)
-    metrics_path = run_dir / "metrics.jsonl"
-    try:
-        if checkpointer.latest_step() is not None:
-            state = checkpointer.restore(jax.device_put(state, jax.local_devices()[0]))
-        if int(state.step) >= phase.steps:
-            return jax.device_get(state.params), read_metrics(metrics_path)
-        state = fit(state, train_step=_jitted_step(loss_fn), batch_fn=batch_fn,
-                    config=train, mesh=mesh, checkpointer=checkpointer, metrics_path=metrics_path,
-                    progress=progress).state
-    finally:
-        checkpointer.close()
-        if metrics_path.exists():
-            plot_loss_curve(read_metrics(metrics_path), run_dir / "loss_curve.png")
-    return jax.device_get(state.params), read_metrics(metrics_path)
-
-
-@functools.lru_cache(maxsize=32)
-def _jitted_step(loss_fn):
-    return jit_train_step(make_train_step(loss_fn), make_mesh(1))
+    return run_phase(loss_fn, params, _optimizer(phase) if tx is None else tx, batch_fn, steps=phase.steps, key=key,
+                     run_dir=run_dir, record={"jaxmed_version": jaxmed.__version__, "task": "lesions", "phase": name,
+                                              **record, "optim": dataclasses.asdict(phase)},
+                     progress=progress, force=force, batch_size=phase.batch_size)
 
 
 def _augmented(loss_fn, config: TrainConfig, target_key: str = "lesion_mask"):
@@ -314,7 +268,7 @@ def train_localiser(config: TrainConfig, train: dict[str, np.ndarray], run_dir, 
 
     model = {"name": "localiser", "preset": "", "config": model_config_to_dict(config.localiser),
              "loss": dataclasses.asdict(config.loss)}
-    return run_phase(name, _localiser_loss(config), params, _optimizer(phase), batch_fn, phase=phase,
+    return lesion_phase(name, _localiser_loss(config), params, _optimizer(phase), batch_fn, phase=phase,
                 key=jax.random.fold_in(jax.random.fold_in(root, _STEPS), stream), run_dir=Path(run_dir),
                 record={"model": model, "data": {"num_exams": int(len(train["image"])),
                                                  "fingerprint": fingerprint(train), **(record or {})}},
@@ -478,7 +432,7 @@ def train_classifier(config: TrainConfig, localiser_params, train: dict[str, np.
         batches = uniform_batches(data, batch_size=phase.batch_size, seed=config.seed * 100 + 3,
                                   keys=(*_CLASSIFIER_KEYS, "prob"))
         # The encoder (taken from the localiser) stays frozen; the head learns.
-        classifier, records["phase2_frozen"] = run_phase(
+        classifier, records["phase2_frozen"] = lesion_phase(
             "phase2_frozen", _frozen_loss(config), classifier,
             _optimizer(phase, frozen="params/encoder"), batches, phase=phase,
             key=jax.random.fold_in(jax.random.fold_in(root, _STEPS), 3), run_dir=model_dir / "phase2_frozen",
@@ -488,7 +442,7 @@ def train_classifier(config: TrainConfig, localiser_params, train: dict[str, np.
     if phase.steps:
         batches = uniform_batches(data, batch_size=phase.batch_size, seed=config.seed * 100 + 4,
                                   keys=_CLASSIFIER_KEYS)
-        params, records["phase2_joint"] = run_phase(
+        params, records["phase2_joint"] = lesion_phase(
             "phase2_joint", _joint_loss(config), params, _optimizer(phase), batches, phase=phase,
             key=jax.random.fold_in(jax.random.fold_in(root, _STEPS), 4), run_dir=model_dir / "phase2_joint",
             record={**record, "model": {"name": "lesion_net", "localiser": dataclasses.asdict(config.localiser),
