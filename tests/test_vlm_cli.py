@@ -81,3 +81,38 @@ def test_ask_refuses_bad_images(trained, tmp_path, capsys):
         assert message in capsys.readouterr().err
     assert main(["vlm", "ask", str(constant), "Segment the heart.", "--model", str(tmp_path)]) == 2
     assert "not a vlm model folder" in capsys.readouterr().err
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_stopped_run_resumes_bit_for_bit(trained, tmp_path, monkeypatch, capsys):
+    from jaxmed.tasks.vlm import train as vlm_train
+    from jaxmed.train import Checkpointer, read_metrics
+
+    _, out, _ = trained
+    steps = json.loads((out / "vlm.json").read_text())["training"]["steps"]
+    gather, calls = vlm_train.gather_batch, {"n": 0}
+
+    def stopping(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == steps // 2 + 2:  # past a checkpoint of the model's run (8 in the run)
+            raise _Stop
+        return gather(*args, **kwargs)
+
+    monkeypatch.setattr(vlm_train, "gather_batch", stopping)
+    argv = ["vlm", "train", "--preset", "quick", "--num-train", "6", "--epochs", "1", "--no-progress"]
+    stopped = tmp_path / "stopped"
+    with pytest.raises(_Stop):
+        main([*argv, "--out", str(stopped)])
+    with Checkpointer(stopped / "model", keep=None, create=False) as c:
+        assert 0 < c.latest_step() < steps
+    assert main([*argv, "--out", str(stopped)]) == 2 and "not empty" in capsys.readouterr().err
+    assert main([*argv, "--out", str(stopped), "--resume"]) == 0
+    jax.tree.map(np.testing.assert_array_equal, load_vlm(stopped).params, load_vlm(out).params)
+    assert ([r["loss"] for r in read_metrics(stopped / "model" / "metrics.jsonl")]
+            == [r["loss"] for r in read_metrics(out / "model" / "metrics.jsonl")])
+    status = main(["vlm", "train", "--preset", "quick", "--num-train", "6", "--epochs", "2", "--no-progress",
+                   "--out", str(stopped), "--resume"])
+    assert status == 2 and "another run" in capsys.readouterr().err

@@ -12,9 +12,9 @@ import pytest
 from scipy.special import log_softmax
 
 from jaxmed.tasks.vlm import Instruction, StructureRef, FindingRef, task_config, train_tokenizer
-from jaxmed.tasks.vlm.data import HEADS, answer_text, encode_answer, encode_prompt, gather_batch, head_of
+from jaxmed.tasks.vlm.data import DENSE_MAPS, HEADS, answer_text, dense_targets, encode_answer, encode_prompt, gather_batch, head_of
 from jaxmed.tasks.vlm.model import VisionLanguageModel, VLMConfig, patchify
-from jaxmed.tasks.vlm.train import init_params, make_vlm_loss, soft_dice_loss, step_plan, task_data
+from jaxmed.tasks.vlm.train import dense_loss, init_params, make_vlm_loss, soft_dice_loss, step_plan, task_data
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +121,66 @@ def test_loss_against_numpy(small):
         r, c = np.nonzero(data.samples[j][ins.subject.name])
         np.testing.assert_allclose(batch["landmark"][4], (np.array([r.mean(), c.mean()]) + 0.5) / task.image_size,
                                    atol=1e-3)
+
+
+def test_dense_targets_by_loops():
+    size, cells = 8, 2
+    sample = {"image": np.zeros((size, size, 1), np.float32), "heart": np.zeros((size, size), bool),
+              "left_lung": np.zeros((size, size), bool), "right_lung": np.zeros((size, size), bool),
+              "finding_masks": np.zeros((3, size, size), bool), "finding_type": np.array([1, 1, 0]),
+              "finding_valid": np.array([True, True, False])}
+    sample["right_lung"][:4, :4] = True         # the whole top-left cell
+    sample["heart"][4:6, 4:] = True              # half of the bottom-right cell
+    sample["finding_masks"][0, 0, 0] = True      # mass (type 1): one pixel of the top-left cell
+    sample["finding_masks"][1, 0, 4:8] = True    # mass: a row of four in the top-right cell
+    sample["finding_masks"][2] = True            # invalid slot: counted nowhere
+    out = dense_targets([sample], cells)
+    assert out.shape == (1, 2, 2, len(DENSE_MAPS)) and DENSE_MAPS[:3] == ("right_lung", "left_lung", "heart")
+    expected = np.zeros((2, 2, len(DENSE_MAPS)))
+    expected[0, 0, 0] = 1.0
+    expected[1, 1, 2] = 0.5
+    mass = 3 + 1
+    assert DENSE_MAPS[mass] == "mass"
+    expected[0, 0, mass], expected[0, 1, mass] = 1 / 16, 4 / 16
+    np.testing.assert_allclose(out[0], expected)
+    with pytest.raises(ValueError, match="multiple"):
+        dense_targets([sample], 3)
+
+
+def test_dense_loss_against_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 4, 4, 2))
+    target = rng.uniform(size=(3, 4, 4, 2)) * (rng.uniform(size=(3, 4, 4, 2)) > 0.7)
+    p = 1 / (1 + np.exp(-logits))
+    expected = 0.0
+    for k in range(2):
+        x, t, q = logits[..., k], target[..., k], p[..., k]
+        bce = np.mean(-(t * np.log(q) + (1 - t) * np.log(1 - q)))
+        expected += bce + 1 - (2 * (q * t).sum() + 1) / (q.sum() + t.sum() + 1)
+    got = jax.jit(dense_loss)(jnp.asarray(logits, jnp.float32), jnp.asarray(target, jnp.float32))
+    np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+
+
+def test_dense_head_in_the_loss():
+    task = task_config("quick", num_train=2, num_val=2, width=32, depth=1, num_heads=2, dense_weight=0.5)
+    data, tok = task_data(task)
+    from jaxmed.tasks.vlm.train import model_config
+
+    config = model_config(task, tok.vocab_size)
+    assert config.dense_classes == len(DENSE_MAPS)
+    cells = config.grid * config.mask_subcells
+    assert data.dense.shape == (2, cells, cells, len(DENSE_MAPS))
+    module = VisionLanguageModel(config)
+    params = init_params(task, config, module)
+    batch = gather_batch(data, "short", np.arange(4))
+    np.testing.assert_array_equal(batch["dense"], data.dense[data.short["image"][:4]])
+    loss, metrics = jax.jit(make_vlm_loss(module, mask_weight=1.0, landmark_weight=1.0, dense_weight=0.5))(
+        params, batch, None)
+    np.testing.assert_allclose(float(loss), float(metrics["text"] + metrics["mask"] + metrics["landmark"]
+                                                  + 0.5 * metrics["dense"]), rtol=1e-5)
+    out = module.apply(params, batch["images"], batch["prompt"], batch["prompt_mask"], batch["answer_in"],
+                       batch["answer_mask"], batch["query_index"], method=VisionLanguageModel.heads)
+    np.testing.assert_allclose(float(metrics["dense"]), float(dense_loss(out["dense"], batch["dense"])), rtol=1e-5)
 
 
 def test_step_plan_counts_and_order(small):

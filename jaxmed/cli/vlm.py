@@ -24,9 +24,13 @@ def add_verbs(subparsers, names=("train", "ask"), *, note: str = "") -> None:
 def _add_settings(p) -> None:
     p.add_argument("--preset", choices=("demo", "quick", "full"), default="demo", help="settings (default demo)")
     p.add_argument("--schedule", choices=("curriculum", "shuffled"), help="training order (default shuffled: it won the study, benchmarks/RESULTS.md)")
-    p.add_argument("--encoder", choices=("autoencoder", "vit"), help="image tokens (default autoencoder)")
+    p.add_argument("--encoder", choices=("autoencoder", "vit", "conv"),
+                   help="image tokens: a frozen patch autoencoder, a linear patch embedding (ViT) or a convolutional "
+                        "stem, the last two trained end to end (default: the preset's)")
     p.add_argument("--finetune-encoder", action="store_true", default=None,
                    help="train the patch autoencoder's encoder with the model (default frozen)")
+    p.add_argument("--dense-weight", type=float, metavar="W",
+                   help="weight of the dense anatomy and finding maps under the image tokens (0: none)")
     p.add_argument("--epochs", type=float, metavar="E", help="passes over the training instructions")
     p.add_argument("--num-train", type=int, metavar="N", help="training phantoms")
     p.add_argument("--num-val", type=int, metavar="N", help="held-out phantoms (demo)")
@@ -39,7 +43,8 @@ def _config(args):
     from jaxmed.tasks.vlm import task_config
 
     return task_config(args.preset, schedule=args.schedule, encoder=args.encoder,
-                       finetune_encoder=args.finetune_encoder, epochs=args.epochs, num_train=args.num_train,
+                       finetune_encoder=args.finetune_encoder, dense_weight=args.dense_weight, epochs=args.epochs,
+                       num_train=args.num_train,
                        num_val=args.num_val, seed=args.seed)
 
 
@@ -84,8 +89,11 @@ def _add_train(subparsers, *, note: str = "") -> None:
         "train", help="train the vision-language model on chest phantoms" + note,
         description=("Train the vision-language model on chest phantoms into --out (vlm.json, tokenizer.json, "
                      "autoencoder/ and model/ run folders with checkpoints, metrics.jsonl and loss curves). "
-                     "--out must be empty unless --force."))
+                     "--out must be empty unless --force (start over) or --resume (continue its runs from their "
+                     "latest checkpoints, bit for bit; give the same options as the stopped run: a run of other "
+                     "settings is refused)."))
     p.add_argument("--out", required=True, metavar="DIR", help="model folder")
+    p.add_argument("--resume", action="store_true", help="continue the stopped runs in --out")
     _add_settings(p)
     p.set_defaults(run=_run_train)
 
@@ -94,7 +102,8 @@ def _run_train(args) -> int:
     from jaxmed.tasks.vlm import train_vlm
 
     try:
-        _, info = train_vlm(_config(args), args.out, force=args.force, progress=not args.no_progress,
+        _, info = train_vlm(_config(args), args.out, force=args.force, resume=args.resume,
+                            progress=not args.no_progress,
                             log=lambda line: print(line, file=sys.stderr, flush=True))
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"jaxmed vlm train: error: {e}", file=sys.stderr)

@@ -26,6 +26,8 @@ class VLMTaskConfig:
       batch_size, report_batch_size: rows per step of short answers and of reports.
       learning_rate: peak (warm-up + cosine Adam).
       mask_weight, landmark_weight: weights of the Dice + BCE mask loss and of the landmark loss.
+      dense_weight: weight of the dense auxiliary head's loss (the anatomy and
+        finding maps under every image token); 0: no dense head.
       schedule: ``"curriculum"`` or ``"shuffled"``; replay: the share of earlier stages replayed.
       seed: seed of everything.
     """
@@ -53,6 +55,7 @@ class VLMTaskConfig:
     learning_rate: float = 1e-3
     mask_weight: float = 1.0
     landmark_weight: float = 10.0
+    dense_weight: float = 1.0
     schedule: str = "shuffled"
     replay: float = 0.25
     seed: int = 0
@@ -63,6 +66,8 @@ class VLMTaskConfig:
         if min(self.num_train, self.num_val, self.batch_size, self.report_batch_size) < 1 or min(
                 self.epochs, self.report_epochs) <= 0:
             raise ValueError(f"num_train, num_val, batch sizes must be >= 1 and epochs > 0: {self}")
+        if self.dense_weight < 0:
+            raise ValueError(f"dense_weight must be >= 0, got {self.dense_weight}")
         if self.replay < 0:
             raise ValueError(f"replay must be >= 0, got {self.replay}")
 

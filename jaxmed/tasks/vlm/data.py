@@ -15,6 +15,11 @@ the report: answers of at most ``answer_len`` tokens) and ``report`` rows
     mask_row    ()            the row's target mask in ``masks`` (-1: none)
     landmark    [2]           (row, column) / image size, the landmark target
 
+A set built with ``dense_cells`` also holds, per radiograph, the share of each
+cell of a ``dense_cells``-a-side grid covered by each map of `DENSE_MAPS`
+(the lungs, the heart and each finding type): the targets of the model's
+dense auxiliary head.
+
 Answers as text (:func:`answer_text`): yes/no and choices as words
 (``right_lung`` -> ``right lung``), sizes ``"42 mm"``, the ratio ``"0.46"``.
 The report's instructions come from its text (never the truth record), so
@@ -29,16 +34,18 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
-from jaxmed.data.phantoms import ChestPhantomConfig, chest_truth, make_dataset
+from jaxmed.data.phantoms import FINDING_TYPES, ChestPhantomConfig, chest_truth, make_dataset
 from jaxmed.io.radiograph import normalise_radiograph
 from jaxmed.tasks.vlm.instructions import Instruction, generate_instructions, resolve_landmark, resolve_mask
 from jaxmed.tasks.vlm.reports import write_chest_report
 from jaxmed.tasks.vlm.tokenizer import Tokenizer
 
-__all__ = ["HEADS", "InstructionSet", "answer_text", "build_instruction_set", "chest_samples", "encode_answer",
-           "encode_prompt", "head_of"]
+__all__ = ["DENSE_MAPS", "HEADS", "InstructionSet", "answer_text", "build_instruction_set", "chest_samples",
+           "dense_targets", "encode_answer", "encode_prompt", "head_of"]
 
 HEADS = {"text": 0, "mask": 1, "landmark": 2}
+DENSE_MAPS = ("right_lung", "left_lung", "heart", *FINDING_TYPES)
+"""The maps of the dense auxiliary head, in channel order: the structures, then each finding type (all its findings)."""
 _CHUNK = 8
 
 
@@ -53,6 +60,28 @@ def chest_samples(key: jax.Array, n: int, *, image_size: int, finding_probabilit
     # As every radiograph the model reads (jaxmed.io.radiograph): percentiles to [0, 1].
     images = np.asarray(jax.jit(jax.vmap(normalise_radiograph))(d["image"]), np.float32)
     return images, samples, [chest_truth(s) for s in samples]
+
+
+def dense_targets(samples: Sequence[Mapping[str, np.ndarray]], cells: int) -> np.ndarray:
+    """Per radiograph, the covered share of each of ``cells``\\ :sup:`2` cells by each map of `DENSE_MAPS`.
+
+    Returns:
+      ``[M, cells, cells, len(DENSE_MAPS)]`` float32 in [0, 1] (the image side
+      must be a multiple of ``cells``).
+    """
+    out = []
+    for s in samples:
+        size = s["image"].shape[0]
+        if size % cells:
+            raise ValueError(f"the image side {size} is not a multiple of {cells} cells")
+        maps = [s[name] for name in DENSE_MAPS[:3]]
+        for k in range(len(FINDING_TYPES)):
+            chosen = np.asarray(s["finding_valid"]) & (np.asarray(s["finding_type"]) == k)
+            maps.append(np.asarray(s["finding_masks"])[chosen].any(axis=0) if chosen.any() else np.zeros((size, size), bool))
+        f = size // cells
+        m = np.stack(maps, -1).astype(np.float32)
+        out.append(m.reshape(cells, f, cells, f, len(maps)).mean(axis=(1, 3)))
+    return np.stack(out).astype(np.float32)
 
 
 def head_of(ins: Instruction) -> int:
@@ -121,6 +150,7 @@ class InstructionSet:
       short, report: the token tables, dicts of arrays with a leading row
         axis, plus ``"index"``: the row's position in ``instructions``.
       masks: ``[Q, S, S]`` bool, the mask targets.
+      dense: ``[M, C, C, len(DENSE_MAPS)]`` the dense head's targets (`dense_targets`), or None.
     """
 
     images: np.ndarray
@@ -131,6 +161,7 @@ class InstructionSet:
     short: dict[str, np.ndarray]
     report: dict[str, np.ndarray]
     masks: np.ndarray
+    dense: np.ndarray | None = None
 
 
 def instructions_for(reports: Sequence[str], seed: int) -> list[tuple[int, Instruction]]:
@@ -157,8 +188,11 @@ def _table(rows: list[dict], length_key: int) -> dict[str, np.ndarray]:
 
 def build_instruction_set(images: np.ndarray, samples: list[dict], truths: list[dict], reports: list[str],
                           instructions: list[tuple[int, Instruction]], tokenizer: Tokenizer, *, prompt_len: int,
-                          answer_len: int, report_len: int) -> InstructionSet:
-    """Encodes every instruction into the token tables and resolves its mask/landmark target."""
+                          answer_len: int, report_len: int, dense_cells: int | None = None) -> InstructionSet:
+    """Encodes every instruction into the token tables and resolves its mask/landmark target.
+
+    ``dense_cells``: also the dense head's targets on that grid (`dense_targets`).
+    """
     size = images.shape[1]
     short, report, masks = [], [], []
     for index, (i, ins) in enumerate(instructions):
@@ -179,7 +213,8 @@ def build_instruction_set(images: np.ndarray, samples: list[dict], truths: list[
     mask_array = np.stack(masks) if masks else np.zeros((0, size, size), bool)
     return InstructionSet(images=images, samples=samples, truths=truths, reports=list(reports),
                           instructions=list(instructions), short=_table(short, answer_len),
-                          report=_table(report, report_len), masks=mask_array)
+                          report=_table(report, report_len), masks=mask_array,
+                          dense=None if dense_cells is None else dense_targets(samples, dense_cells))
 
 
 def gather_batch(data: InstructionSet, table: str, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -188,6 +223,8 @@ def gather_batch(data: InstructionSet, table: str, rows: np.ndarray) -> dict[str
     batch = {k: t[k][rows] for k in ("prompt", "prompt_mask", "answer_in", "answer_out", "answer_mask", "head",
                                      "landmark")}
     batch["images"] = data.images[t["image"][rows]]
+    if data.dense is not None:
+        batch["dense"] = data.dense[t["image"][rows]]
     mask_row = t["mask_row"][rows]
     size = data.images.shape[1]
     target = np.zeros((len(rows), size, size), np.float32)

@@ -9,7 +9,11 @@ radiograph cut into ``patch_size`` patches, each encoded by
   one patch (frozen unless ``finetune_encoder``), its features projected to
   the model width; or
 * ``encoder="vit"``: a linear patch embedding trained end to end (a small
-  ViT), the comparison.
+  ViT), the comparison; or
+* ``encoder="conv"``: a convolutional stem trained end to end (``log2
+  patch_size`` stride-2 4x4 convolutions, GroupNorm, ReLU: one token per
+  patch; Xiao et al., *Early convolutions help transformers see better*,
+  NeurIPS 2021).
 
 Heads (:class:`VisionLanguageModel`):
 
@@ -19,7 +23,13 @@ Heads (:class:`VisionLanguageModel`):
   token, from the image tokens' hidden states): a logit grid of
   ``grid * mask_subcells`` cells a side, bilinearly upsampled to the image;
 * landmark: the hidden state at the answer's ``<loc>`` token regressed to
-  ``(row, column)`` in [0, 1] of the image extent.
+  ``(row, column)`` in [0, 1] of the image extent;
+* dense (``dense_classes > 0``, training only): the image tokens' hidden
+  states, each to ``mask_subcells``\\ :sup:`2` cells of ``dense_classes``
+  logits: the anatomy and finding maps of every training radiograph
+  (:data:`jaxmed.tasks.vlm.data.DENSE_MAPS`). It supervises every image token
+  at every step, where the mask head learns only from the rows that ask for a
+  mask; the instructions are answered without it.
 """
 
 from __future__ import annotations
@@ -32,12 +42,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxmed.models.autoencoder import Autoencoder, AutoencoderConfig
+from jaxmed.models.layers import DownConv
 from jaxmed.models.transformer import Transformer, TransformerConfig, make_attn_mask
 
 __all__ = ["ENCODERS", "VLMConfig", "VisionLanguageModel", "patchify"]
 
 Array = jax.Array
-ENCODERS = ("autoencoder", "vit")
+ENCODERS = ("autoencoder", "vit", "conv")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,12 +63,15 @@ class VLMConfig:
       finetune_encoder: train the autoencoder's encoder with the rest (else frozen).
       patch_features: the autoencoder's feature size per patch.
       autoencoder_channels: its encoder/decoder channels.
+      stem_channels: the convolutional stem's channels (``encoder="conv"``),
+        one stride-2 layer each: ``2**len(stem_channels) == patch_size``.
       width, depth, num_heads, mlp_dim: the transformer.
       prompt_len: instruction tokens (task token included), padded.
       answer_len: answer tokens of short answers (``<bos>`` in, ``<eos>`` out included).
       report_len: answer tokens of reports.
       mask_subcells: mask cells per patch side.
       mask_dim: the size of the mask query and keys.
+      dense_classes: maps of the dense auxiliary head (0: no such head).
     """
 
     vocab_size: int
@@ -67,6 +81,7 @@ class VLMConfig:
     finetune_encoder: bool = False
     patch_features: int = 32
     autoencoder_channels: tuple[int, ...] = (16, 32)
+    stem_channels: tuple[int, ...] = (16, 32, 64, 128)
     width: int = 128
     depth: int = 4
     num_heads: int = 4
@@ -76,6 +91,7 @@ class VLMConfig:
     report_len: int = 128
     mask_subcells: int = 4
     mask_dim: int = 32
+    dense_classes: int = 0
     dtype: str = field(default="float32")
 
     def __post_init__(self):
@@ -84,8 +100,11 @@ class VLMConfig:
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if min(self.vocab_size, self.prompt_len, self.answer_len, self.report_len, self.mask_subcells,
-               self.mask_dim, self.patch_features) < 1:
+               self.mask_dim, self.patch_features) < 1 or self.dense_classes < 0:
             raise ValueError(f"sizes must be >= 1: {self}")
+        if self.encoder == "conv" and 2 ** len(self.stem_channels) != self.patch_size:
+            raise ValueError(f"a conv stem of {len(self.stem_channels)} stride-2 layers makes patches of "
+                             f"{2 ** len(self.stem_channels)} pixels, not patch_size {self.patch_size}")
         if self.patch_size % self.mask_subcells:
             raise ValueError(f"patch_size {self.patch_size} is not a multiple of mask_subcells {self.mask_subcells}")
 
@@ -115,6 +134,23 @@ class VLMConfig:
                                  channels=self.autoencoder_channels)
 
 
+class ConvStem(nn.Module):
+    """``[B, H, W, C]`` -> ``[B, H / 2**L, W / 2**L, channels[-1]]``: L x [4x4 stride-2 conv, GroupNorm, ReLU].
+
+    Attributes:
+      channels: each layer's output channels (multiples of 8: GroupNorm of 8-channel groups).
+    """
+
+    channels: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        for c in self.channels:
+            x = DownConv(c, (4, 4), (2, 2))(x)
+            x = nn.relu(nn.GroupNorm(num_groups=None, group_size=min(8, c))(x))
+        return x
+
+
 def patchify(images: Array, patch_size: int) -> Array:
     """``[B, H, W, C]`` -> ``[B, (H/p)(W/p), p, p, C]``, patches in row-major order."""
     b, h, w, c = images.shape
@@ -136,15 +172,22 @@ class VisionLanguageModel(nn.Module):
         cfg = self.config
         if cfg.encoder == "autoencoder":
             self.patch_encoder = Autoencoder(cfg.autoencoder_config())
+        elif cfg.encoder == "conv":
+            self.stem = ConvStem(tuple(cfg.stem_channels))
         self.project = nn.Dense(cfg.width, name="project")
         self.lm = Transformer(cfg.transformer_config())
         self.mask_query = nn.Dense(cfg.mask_dim)
         self.mask_keys = nn.Dense(cfg.mask_subcells**2 * cfg.mask_dim)
         self.landmark_head = nn.Dense(2)
+        if cfg.dense_classes:
+            self.dense_head = nn.Dense(cfg.mask_subcells**2 * cfg.dense_classes)
 
     def image_tokens(self, images: Array) -> Array:
         """``[B, H, W, 1]`` -> ``[B, N, width]``."""
         cfg = self.config
+        if cfg.encoder == "conv":
+            features = self.stem(images.astype(jnp.float32))
+            return self.project(features.reshape(features.shape[0], -1, features.shape[-1]))
         patches = patchify(images.astype(jnp.float32), cfg.patch_size)
         if cfg.encoder == "autoencoder":
             features = self.patch_encoder.encode(patches)
@@ -184,6 +227,13 @@ class VisionLanguageModel(nn.Module):
         cells = cells.reshape(b, g * s, g * s)
         return jax.image.resize(cells, (b, cfg.image_size, cfg.image_size), "linear")
 
+    def dense_logits(self, image_hidden: Array) -> Array:
+        """``[B, N, width]`` -> ``[B, C, C, dense_classes]`` logits, ``C = grid * mask_subcells`` cells a side."""
+        cfg = self.config
+        b, s, g, k = image_hidden.shape[0], cfg.mask_subcells, cfg.grid, cfg.dense_classes
+        cells = self.dense_head(image_hidden).reshape(b, g, g, s, s, k).transpose(0, 1, 3, 2, 4, 5)
+        return cells.reshape(b, g * s, g * s, k)
+
     def landmark(self, query_hidden: Array) -> Array:
         """``[B, width]`` -> ``(row, column)`` ``[B, 2]`` in [0, 1] of the image extent."""
         return jax.nn.sigmoid(self.landmark_head(query_hidden))
@@ -198,12 +248,16 @@ class VisionLanguageModel(nn.Module):
 
         Returns:
           ``{"text": [B, A, vocab], "mask": [B, H, W], "landmark": [B, 2]}``
-          (text logits at the answer positions).
+          (text logits at the answer positions), and ``"dense"``
+          ``[B, C, C, dense_classes]`` when the model has that head.
         """
         cfg = self.config
         hidden = self(images, prompt, prompt_mask, answer_in, answer_mask)
         n, p = cfg.num_image_tokens, cfg.prefix_len
         answer_hidden = hidden[:, p:]
         query = jnp.take_along_axis(answer_hidden, query_index[:, None, None], axis=1)[:, 0]
-        return {"text": self.text_logits(answer_hidden), "mask": self.mask_logits(hidden[:, :n], query),
-                "landmark": self.landmark(query)}
+        out = {"text": self.text_logits(answer_hidden), "mask": self.mask_logits(hidden[:, :n], query),
+               "landmark": self.landmark(query)}
+        if cfg.dense_classes:
+            out["dense"] = self.dense_logits(hidden[:, :n])
+        return out

@@ -36,6 +36,7 @@ from jaxmed.models import Autoencoder
 from jaxmed.tasks.vlm.config import VLMTaskConfig, task_config_from_json, task_config_to_json
 from jaxmed.tasks.vlm.curriculum import curriculum_schedule
 from jaxmed.tasks.vlm.data import (
+    DENSE_MAPS,
     HEADS,
     InstructionSet,
     answer_text,
@@ -47,20 +48,7 @@ from jaxmed.tasks.vlm.data import (
 )
 from jaxmed.tasks.vlm.model import VisionLanguageModel, VLMConfig, patchify
 from jaxmed.tasks.vlm.tokenizer import Tokenizer, train_tokenizer
-from jaxmed.train import (
-    Checkpointer,
-    OptimConfig,
-    TrainConfig,
-    TrainState,
-    fit,
-    jit_train_step,
-    make_mesh,
-    make_optimizer,
-    make_train_step,
-    plot_loss_curve,
-    read_metrics,
-    save_config,
-)
+from jaxmed.train import Checkpointer, OptimConfig, make_optimizer, run_phase
 
 __all__ = ["VLM_FILE", "TOKENIZER_FILE", "VLMModel", "load_vlm", "make_vlm_loss", "model_config", "step_plan",
            "task_data", "train_vlm"]
@@ -88,7 +76,7 @@ def model_config(task: VLMTaskConfig, vocab_size: int) -> VLMConfig:
                      encoder=task.encoder, finetune_encoder=task.finetune_encoder,
                      patch_features=task.patch_features, width=task.width, depth=task.depth,
                      num_heads=task.num_heads, prompt_len=task.prompt_len, answer_len=task.answer_len,
-                     report_len=task.report_len)
+                     report_len=task.report_len, dense_classes=len(DENSE_MAPS) if task.dense_weight > 0 else 0)
 
 
 # --------------------------------------------------------------------------- losses
@@ -99,15 +87,30 @@ def soft_dice_loss(logits: Array, target: Array) -> Array:
     return 1.0 - (2.0 * jnp.sum(p * target) + 1.0) / (jnp.sum(p) + jnp.sum(target) + 1.0)
 
 
-def make_vlm_loss(module: VisionLanguageModel, *, mask_weight: float, landmark_weight: float) -> Callable:
+def dense_loss(logits: Array, target: Array) -> Array:
+    """The dense head's loss: per map, mean cell BCE + soft Dice over the whole batch; summed over the maps.
+
+    ``logits``, ``target`` ``[B, C, C, K]`` (targets: covered shares). The
+    Dice is over the batch, not per image, so that a batch's radiographs
+    without a finding do not reward predicting none everywhere.
+    """
+    p = jax.nn.sigmoid(logits)
+    bce = optax.sigmoid_binary_cross_entropy(logits, target).mean(axis=(0, 1, 2))
+    dice = 1.0 - (2.0 * jnp.sum(p * target, (0, 1, 2)) + 1.0) / (jnp.sum(p + target, (0, 1, 2)) + 1.0)
+    return jnp.sum(bce + dice)
+
+
+def make_vlm_loss(module: VisionLanguageModel, *, mask_weight: float, landmark_weight: float,
+                  dense_weight: float = 0.0) -> Callable:
     """``loss_fn(params, batch, key) -> (loss, metrics)`` for the engine.
 
-    ``loss = text + mask_weight * mask + landmark_weight * landmark``:
+    ``loss = text + mask_weight * mask + landmark_weight * landmark + dense_weight * dense``:
     ``text`` the mean cross-entropy of the answer tokens (``answer_mask``);
     ``mask`` the mean over mask rows of soft Dice loss + mean pixel BCE;
     ``landmark`` the mean over landmark rows of the squared error of
     ``(row, column)`` in image extents. Rows of other heads weigh nothing in
-    the last two.
+    those two. ``dense`` (:func:`dense_loss`, models with a dense head) is
+    over every row's radiograph.
     """
 
     def loss_fn(params, batch, key):
@@ -125,7 +128,11 @@ def make_vlm_loss(module: VisionLanguageModel, *, mask_weight: float, landmark_w
         loc = jnp.sum(jnp.sum(jnp.square(out["landmark"] - batch["landmark"]), -1) * is_loc)
         loc = loc / jnp.maximum(jnp.sum(is_loc), 1.0)
         loss = text + mask_weight * mask + landmark_weight * loc
-        return loss, {"loss": loss, "text": text, "mask": mask, "landmark": loc}
+        metrics = {"text": text, "mask": mask, "landmark": loc}
+        if "dense" in out:
+            metrics["dense"] = dense_loss(out["dense"], batch["dense"])
+            loss = loss + dense_weight * metrics["dense"]
+        return loss, {"loss": loss, **metrics}
 
     return loss_fn
 
@@ -182,13 +189,16 @@ def task_data(task: VLMTaskConfig, tokenizer: Tokenizer | None = None, *, split:
     images, samples, truths = chest_samples(jax.random.fold_in(root, _TRAIN_DATA if split == "train" else _VAL_DATA),
                                             n, image_size=task.image_size)
     seed = task.seed * 2 + (0 if split == "train" else 1)
+    config = model_config(task, 1)
+    dense_cells = config.grid * config.mask_subcells if split == "train" and config.dense_classes else None
     reports = write_reports(truths, seed)
     instructions = instructions_for(reports, seed)
     if tokenizer is None:
         corpus = reports + [ins.prompt for _, ins in instructions] + [answer_text(ins) for _, ins in instructions]
         tokenizer = train_tokenizer(corpus, vocab_size=task.vocab_size)
     data = build_instruction_set(images, samples, truths, reports, instructions, tokenizer,
-                                 prompt_len=task.prompt_len, answer_len=task.answer_len, report_len=task.report_len)
+                                 prompt_len=task.prompt_len, answer_len=task.answer_len, report_len=task.report_len,
+                                 dense_cells=dense_cells)
     return data, tokenizer
 
 
@@ -204,33 +214,18 @@ def phase_schedule(phase_steps: list[int], learning_rate: float) -> optax.Schedu
     return optax.join_schedules(parts, list(np.cumsum(phase_steps)[:-1]))
 
 
-def _engine_run(loss_fn, params, batch_fn, *, steps: int, lr: float, key, run_dir: Path, record: dict,
-                progress: bool, log_every: int, tx: optax.GradientTransformation | None = None
-                ) -> tuple[Any, list[dict]]:
-    mesh = make_mesh(1)
-    if tx is None:
-        tx = make_optimizer(OptimConfig(learning_rate=lr, schedule="warmup-cosine", warmup_steps=max(1, steps // 20),
-                                        grad_clip_norm=1.0), total_steps=steps)
-    state = TrainState.create(params=params, tx=tx, key=key)
-    config = TrainConfig(steps=steps, batch_size=1, log_every=log_every, eval_every=0, checkpoint_every=0, keep=1,
-                         devices=1)
-    save_config(run_dir, {"jaxmed_version": jaxmed.__version__, "task": "vlm", **record,
-                          "optim": {"learning_rate": lr, "schedule": "warmup-cosine", "steps": steps}})
-    checkpointer = Checkpointer(run_dir, keep=1)
-    metrics_path = run_dir / "metrics.jsonl"
-    try:
-        result = fit(state, train_step=jit_train_step(make_train_step(loss_fn), mesh), batch_fn=batch_fn,
-                     config=config, mesh=mesh, checkpointer=checkpointer, metrics_path=metrics_path,
-                     progress=progress)
-    finally:
-        checkpointer.close()
-        if metrics_path.exists():
-            plot_loss_curve(read_metrics(metrics_path), run_dir / "loss_curve.png")
-    return jax.device_put(result.state.params, jax.local_devices()[0]), result.records
+def _run(loss_fn, params, tx, batch_fn, *, steps: int, key, run_dir: Path, record: dict, progress: bool,
+         force: bool) -> tuple[Any, list[dict]]:
+    """One engine run (:func:`jaxmed.train.run_phase`: resumed when ``run_dir`` holds the same run), 8 checkpoints."""
+    params, records = run_phase(loss_fn, params, tx, batch_fn, steps=steps, key=key, run_dir=run_dir,
+                                record={"jaxmed_version": jaxmed.__version__, "task": "vlm", **record},
+                                progress=progress, force=force, log_every=10, checkpoint_every=max(1, steps // 8))
+    return jax.device_put(params, jax.local_devices()[0]), records
 
 
-def train_autoencoder(task: VLMTaskConfig, images: np.ndarray, run_dir: Path, *, progress: bool) -> tuple[Any, list]:
-    """Pre-trains the patch autoencoder on every patch of the training radiographs."""
+def train_autoencoder(task: VLMTaskConfig, images: np.ndarray, run_dir: Path, *, progress: bool, force: bool = False
+                      ) -> tuple[Any, list]:
+    """Pre-trains the patch autoencoder on every patch of the training radiographs (resumed in ``run_dir``)."""
     cfg = model_config(task, 1).autoencoder_config()
     module = Autoencoder(cfg)
     patches = np.asarray(patchify(jnp.asarray(images), task.patch_size)).reshape(-1, *cfg.image_shape)
@@ -243,11 +238,14 @@ def train_autoencoder(task: VLMTaskConfig, images: np.ndarray, run_dir: Path, *,
         rows = batch_indices(step, num_examples=len(patches), batch_size=batch_size, seed=task.seed)
         return {"image": patches[rows]}
 
+    steps, lr = task.autoencoder_steps, 2e-3
+    tx = make_optimizer(OptimConfig(learning_rate=lr, schedule="warmup-cosine", warmup_steps=max(1, steps // 20),
+                                    grad_clip_norm=1.0), total_steps=steps)
     record = {"part": "autoencoder", "model": {"name": "autoencoder", "config": {**vars(cfg)}},
-              "data": {"patches": int(len(patches))}}
-    return _engine_run(autoencoder_loss_fn(module), params, batch_fn, steps=task.autoencoder_steps, lr=2e-3,
-                       key=jax.random.fold_in(root, _AE_STEPS), run_dir=run_dir, record=record, progress=progress,
-                       log_every=10)
+              "data": {"patches": int(len(patches))},
+              "optim": {"learning_rate": lr, "schedule": "warmup-cosine", "steps": steps, "batch_size": batch_size}}
+    return _run(autoencoder_loss_fn(module), params, tx, batch_fn, steps=steps, key=jax.random.fold_in(root, _AE_STEPS),
+                run_dir=run_dir, record=record, progress=progress, force=force)
 
 
 def init_params(task: VLMTaskConfig, config: VLMConfig, module: VisionLanguageModel, autoencoder_params=None):
@@ -261,15 +259,27 @@ def init_params(task: VLMTaskConfig, config: VLMConfig, module: VisionLanguageMo
     return params
 
 
-def train_vlm(task: VLMTaskConfig, out_dir: str | os.PathLike, *, force: bool = False, progress: bool = True,
-              log: Callable[[str], None] = lambda line: None) -> tuple[VLMModel, dict]:
+def train_vlm(task: VLMTaskConfig, out_dir: str | os.PathLike, *, force: bool = False, resume: bool = False,
+              progress: bool = True, log: Callable[[str], None] = lambda line: None) -> tuple[VLMModel, dict]:
     """Trains the model into ``out_dir`` (module docstring).
+
+    Args:
+      task: the settings.
+      out_dir: the model folder; it must be empty unless ``force`` (start
+        over: ``model/`` and ``autoencoder/`` are removed) or ``resume``.
+      resume: continue the runs in ``out_dir`` from their latest checkpoints,
+        bit for bit (the data, the tokenizer and the step plan are redrawn
+        from the seed); a run of other settings is refused (`FileExistsError`).
+      progress: progress bars.
+      log: where the phases are announced.
 
     Returns:
       ``(model, info)``: the trained :class:`VLMModel` and what training
       measured (timings, steps, instructions per stage).
     """
-    out = prepare_out_dir(out_dir, force=force, replace=("model", "autoencoder"))
+    if resume and force:
+        raise ValueError("resume and force exclude each other: resume continues the runs, force starts them over")
+    out = prepare_out_dir(out_dir, force=force or resume, replace=() if resume else ("model", "autoencoder"))
     t0 = time.perf_counter()
     log(f"data: {task.num_train} training phantoms at {task.image_size} px, reports, instructions, tokenizer")
     data, tokenizer = task_data(task)
@@ -281,6 +291,7 @@ def train_vlm(task: VLMTaskConfig, out_dir: str | os.PathLike, *, force: bool = 
     if task.encoder == "autoencoder":
         log(f"patch autoencoder: {task.autoencoder_steps} steps")
         ae_params, ae_records = train_autoencoder(task, data.images, out / "autoencoder", progress=progress)
+        ae_params = jax.device_get(ae_params)
     t_ae = time.perf_counter()
     params = init_params(task, config, module, ae_params)
     plan = step_plan(data, task, np.random.default_rng([task.seed, 7]))
@@ -297,14 +308,16 @@ def train_vlm(task: VLMTaskConfig, out_dir: str | os.PathLike, *, force: bool = 
     per_stage = ", ".join(f"{k} {v['steps']}" for k, v in stages.items())
     log(f"model: {len(plan)} steps ({task.schedule}; {per_stage})")
     schedule = phase_schedule([v["steps"] for v in stages.values()], task.learning_rate)
-    record = {"part": "model", "schedule": "warm-up + cosine to 0.1 per phase", "model": {"name": "vlm", "config": {**vars(config)}},
-              "data": {"phantoms": task.num_train, "instructions": len(data.instructions)}}
-    params, records = _engine_run(make_vlm_loss(module, mask_weight=task.mask_weight,
-                                                landmark_weight=task.landmark_weight),
-                                  params, batch_fn, steps=len(plan), lr=task.learning_rate,
-                                  key=jax.random.fold_in(jax.random.key(task.seed), _VLM_STEPS),
-                                  run_dir=out / "model", record=record, progress=progress, log_every=10,
-                                  tx=optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule)))
+    record = {"part": "model", "task_settings": task_config_to_json(task),
+              "model": {"name": "vlm", "config": {**vars(config)}},
+              "data": {"phantoms": task.num_train, "instructions": len(data.instructions)},
+              "optim": {"learning_rate": task.learning_rate, "schedule": "warm-up + cosine to 0.1 per phase",
+                        "phase_steps": [v["steps"] for v in stages.values()], "clip": 1.0}}
+    params, records = _run(make_vlm_loss(module, mask_weight=task.mask_weight, landmark_weight=task.landmark_weight,
+                                         dense_weight=task.dense_weight),
+                           params, optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule)), batch_fn,
+                           steps=len(plan), key=jax.random.fold_in(jax.random.key(task.seed), _VLM_STEPS),
+                           run_dir=out / "model", record=record, progress=progress, force=False)
     t_end = time.perf_counter()
     info = {"steps": len(plan), "stages": stages, "instructions": len(data.instructions),
             "vocab_size": tokenizer.vocab_size,
