@@ -211,5 +211,10 @@ def test_config_errors():
         VLMConfig(vocab_size=10, image_size=100, patch_size=16)
     with pytest.raises(ValueError, match="encoder"):
         VLMConfig(vocab_size=10, encoder="resnet")
+    with pytest.raises(ValueError, match="not patch_size 16"):
+        VLMConfig(vocab_size=10, encoder="conv", stem_channels=(16, 32, 64))
+    with pytest.raises(ValueError, match="dense_weight"):
+        task_config("quick", dense_weight=-1.0)
     with pytest.raises(ValueError, match="unknown preset"):
         task_config("huge")
+
