@@ -73,8 +73,8 @@ class VLMTaskConfig:
 
 
 VLM_PRESETS: dict[str, dict[str, Any]] = {
-    # jaxmed demo vlm: about 5 minutes on 2 idle CPU cores.
-    "demo": dict(num_train=250, epochs=3.0),
+    # jaxmed demo vlm: 6 minutes on 2 idle cores without AVX-512 (benchmarks/RESULTS.md), about half that with it.
+    "demo": dict(num_train=250, epochs=1.5),
     # A smoke test: seconds.
     "quick": dict(image_size=64, patch_size=16, width=64, depth=2, num_train=24, num_val=6, autoencoder_steps=40,
                   epochs=1.0, report_epochs=1.0, batch_size=16, report_batch_size=4),
