@@ -69,19 +69,17 @@ def dense_targets(samples: Sequence[Mapping[str, np.ndarray]], cells: int) -> np
       ``[M, cells, cells, len(DENSE_MAPS)]`` float32 in [0, 1] (the image side
       must be a multiple of ``cells``).
     """
-    out = []
-    for s in samples:
-        size = s["image"].shape[0]
-        if size % cells:
-            raise ValueError(f"the image side {size} is not a multiple of {cells} cells")
-        maps = [s[name] for name in DENSE_MAPS[:3]]
-        for k in range(len(FINDING_TYPES)):
-            chosen = np.asarray(s["finding_valid"]) & (np.asarray(s["finding_type"]) == k)
-            maps.append(np.asarray(s["finding_masks"])[chosen].any(axis=0) if chosen.any() else np.zeros((size, size), bool))
-        f = size // cells
-        m = np.stack(maps, -1).astype(np.float32)
-        out.append(m.reshape(cells, f, cells, f, len(maps)).mean(axis=(1, 3)))
-    return np.stack(out).astype(np.float32)
+    size = samples[0]["image"].shape[0]
+    if size % cells:
+        raise ValueError(f"the image side {size} is not a multiple of {cells} cells")
+    stacked = {k: np.stack([np.asarray(s[k]) for s in samples]) for k in
+               (*DENSE_MAPS[:3], "finding_masks", "finding_type", "finding_valid")}
+    # [M, slots, types]: which slots hold a finding of each type; their masks' union per type.
+    of_type = stacked["finding_valid"][..., None] & (stacked["finding_type"][..., None] == np.arange(len(FINDING_TYPES)))
+    findings = np.einsum("mfhw,mft->mhwt", stacked["finding_masks"].astype(np.float32), of_type.astype(np.float32)) > 0
+    maps = np.concatenate([np.stack([stacked[k] for k in DENSE_MAPS[:3]], -1), findings], -1).astype(np.float32)
+    f = size // cells
+    return maps.reshape(len(samples), cells, f, cells, f, len(DENSE_MAPS)).mean(axis=(2, 4)).astype(np.float32)
 
 
 def head_of(ins: Instruction) -> int:

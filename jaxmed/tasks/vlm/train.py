@@ -291,7 +291,6 @@ def train_vlm(task: VLMTaskConfig, out_dir: str | os.PathLike, *, force: bool = 
     if task.encoder == "autoencoder":
         log(f"patch autoencoder: {task.autoencoder_steps} steps")
         ae_params, ae_records = train_autoencoder(task, data.images, out / "autoencoder", progress=progress)
-        ae_params = jax.device_get(ae_params)
     t_ae = time.perf_counter()
     params = init_params(task, config, module, ae_params)
     plan = step_plan(data, task, np.random.default_rng([task.seed, 7]))
