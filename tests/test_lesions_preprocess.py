@@ -122,3 +122,19 @@ def test_preprocess_recovers_a_known_in_plane_shift():
         + prepared.t2_affine[0][:2, 2, None, None]
     inside = (np.abs(t2_plane[0]) < 28) & (np.abs(t2_plane[1]) < 28)
     np.testing.assert_allclose(native[0][inside], (t2_plane[0] + 2 * t2_plane[1])[inside], atol=1e-3)
+
+
+def test_site_exams_refuses_sites_outside_the_table():
+    """A site is a name in SITES or a profile named by one (its patients come from that name's key)."""
+    import dataclasses
+
+    import jax
+
+    from jaxmed.data.phantoms import SITES
+    from jaxmed.tasks.lesions import site_exams
+
+    config = PreprocessConfig(shape=(32, 32), spacing_mm=(1.8, 1.8), num_steps=2)
+    with pytest.raises(ValueError, match="unknown site 'Z'"):
+        site_exams(jax.random.key(0), "Z", 2, preprocess=config)
+    with pytest.raises(ValueError, match="unknown site 'E'"):
+        site_exams(jax.random.key(0), dataclasses.replace(SITES["D"], name="E"), 2, preprocess=config)

@@ -61,7 +61,7 @@ from jaxmed.tasks.lesions.ordering import (
 )
 from jaxmed.tasks.lesions.predict import ExamError, find_series, predict_folders, read_exam
 from jaxmed.tasks.lesions.preprocess import GeometryMismatch, PreprocessConfig, preprocess_exams, to_native
-from jaxmed.tasks.lesions.study import load_study_data, run_study
+from jaxmed.tasks.lesions.study import load_study_data, run_study, study_data_key
 from jaxmed.tasks.lesions.synthesis import InpaintConfig, anomaly_maps, patch_masks
 from jaxmed.tasks.lesions.training import (
     LesionModel,
@@ -122,6 +122,7 @@ __all__ = [
     "run_study",
     "similarity_order",
     "site_exams",
+    "study_data_key",
     "subset",
     "to_native",
     "train_classifier",

@@ -26,7 +26,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from jaxmed.data.phantoms import SITES, ExamConfig, make_dataset
+from jaxmed.data.phantoms import SITES, ExamConfig, SiteProfile, make_dataset
 from jaxmed.tasks.lesions.preprocess import PreprocessConfig, preprocess_exams, to_canonical_labels
 
 __all__ = ["TARGET_KEYS", "grade_class", "site_exams", "subset"]
@@ -47,13 +47,15 @@ def _significant_mask(labels: np.ndarray, significant: np.ndarray) -> np.ndarray
     return np.take_along_axis(table, labels.reshape(len(labels), -1), axis=1).reshape(labels.shape)
 
 
-def site_exams(key: jax.Array, site: str, n: int, *, preprocess: PreprocessConfig, slices: int | None = 1,
-               split: int = 0, progress: bool = False) -> dict[str, np.ndarray]:
+def site_exams(key: jax.Array, site: str | SiteProfile, n: int, *, preprocess: PreprocessConfig,
+               slices: int | None = 1, split: int = 0, progress: bool = False) -> dict[str, np.ndarray]:
     """``n`` preprocessed exams of ``site`` (module docstring).
 
     Args:
       key: the study's data key.
-      site: a key of `jaxmed.data.phantoms.SITES`.
+      site: a key of `jaxmed.data.phantoms.SITES`, or a `SiteProfile` named
+        by one: the same patients as that site's, acquired with the
+        profile's settings (a changed protocol).
       n: number of exams.
       preprocess: the canonical grid and registration.
       slices: the exams' slices (1: 2D exams; None: the site's stacks).
@@ -62,12 +64,13 @@ def site_exams(key: jax.Array, site: str, n: int, *, preprocess: PreprocessConfi
     """
     from tqdm.auto import tqdm
 
-    if site not in SITES:
-        raise ValueError(f"unknown site {site!r}; known: {sorted(SITES)}")
-    site_key = jax.random.fold_in(jax.random.fold_in(key, list(SITES).index(site)), split)
+    name = site.name if isinstance(site, SiteProfile) else site
+    if name not in SITES:
+        raise ValueError(f"unknown site {name!r}; known: {sorted(SITES)}")
+    site_key = jax.random.fold_in(jax.random.fold_in(key, list(SITES).index(name)), split)
     config = ExamConfig(site=site, slices=slices)
     parts = []
-    for start in tqdm(range(0, n, _CHUNK), desc=f"site {site} exams", unit="chunk", disable=not progress):
+    for start in tqdm(range(0, n, _CHUNK), desc=f"site {name} exams", unit="chunk", disable=not progress):
         # Whole chunks of one size (the last one cut): one compilation per site, whatever n.
         exams = make_dataset(jax.random.fold_in(site_key, start), _CHUNK, kind="mri_exam", config=config)
         prepared = preprocess_exams(exams, preprocess)

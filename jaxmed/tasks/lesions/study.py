@@ -60,11 +60,16 @@ from jaxmed.tasks.lesions.training import (
     uniform_batches,
 )
 
-__all__ = ["ORDER_ROWS", "load_study_data", "run_study", "study_table"]
+__all__ = ["ORDER_ROWS", "load_study_data", "run_study", "study_data_key", "study_table"]
 
 ORDER_ROWS = ("A alone", "A+B random order", "A+B similarity order", "B alone", "full method")
 _METRICS = ("score", "auroc", "ap", "dice")
 _DATA_STREAM = 7
+
+
+def study_data_key(train: TrainConfig) -> jax.Array:
+    """The key the study's exams are drawn from (`load_study_data`): a function of ``train.seed`` only."""
+    return jax.random.fold_in(jax.random.key(train.seed), _DATA_STREAM)
 
 
 def load_study_data(config: StudyConfig, *, progress: bool = True, cache: str | os.PathLike | None = None,
@@ -78,7 +83,7 @@ def load_study_data(config: StudyConfig, *, progress: bool = True, cache: str | 
       log: progress lines.
     """
     t = config.train
-    key = jax.random.fold_in(jax.random.key(t.seed), _DATA_STREAM)
+    key = study_data_key(t)
     plan = {"reference": (t.reference, config.count(t.reference), 0), "val": (t.reference, config.num_val, 1),
             "second": (t.second, config.count(t.second), 0) if t.second else None,
             "deploy": (t.deploy, config.count(t.deploy), 0) if t.deploy else None, "test": ("D", config.count("D"), 0)}
