@@ -5,9 +5,24 @@ data-parallel code can be checked against one device in the same process.
 Computations that are not sharded still run on device 0.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+
+# The run's compiled programs are kept on disk until it ends: many tests build
+# the same step or model again (every CLI call recompiles), and a cache hit
+# skips XLA's compilation. Set in the environment, so that the processes tests
+# start share it; a folder of its own for every run and every pytest-xdist
+# worker (no two writers), removed at its end.
+if "PYTEST_XDIST_WORKER" in os.environ or "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="jaxmed-test-xla-cache-")
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
