@@ -14,13 +14,13 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 
 # The run's compiled programs are kept on disk until it ends: many tests build
 # the same step or model again (every CLI call recompiles), and a cache hit
-# skips XLA's compilation. Set in the environment, so that the processes tests
-# start share it; a folder of its own for every run and every pytest-xdist
-# worker (no two writers), removed at its end.
-if "PYTEST_XDIST_WORKER" in os.environ or "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    _CACHE = tempfile.mkdtemp(prefix="jaxmed-test-xla-cache-")
-    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+# skips XLA's compilation. A new folder for every test process (each
+# pytest-xdist worker), removed at its end; set in the environment, so that a
+# process a test starts uses it too (tests that start several at once take
+# it out of their environment: JAX's cache files are not written atomically).
+_CACHE = tempfile.mkdtemp(prefix="jaxmed-test-xla-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 

@@ -125,7 +125,8 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
     port = _free_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
            "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
-    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    # Two processes at once: not the test run's compilation cache (tests/conftest.py).
+    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "JAX_COMPILATION_CACHE_DIR"):
         env.pop(name, None)
     workers = [
         subprocess.Popen([sys.executable, __file__, "--worker", str(i), str(port), str(tmp_path)],
