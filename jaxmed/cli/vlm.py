@@ -22,7 +22,7 @@ def add_verbs(subparsers, names=("train", "ask"), *, note: str = "") -> None:
 
 
 def _add_settings(p) -> None:
-    p.add_argument("--preset", choices=("demo", "quick", "full"), default="demo", help="settings (default demo)")
+    p.add_argument("--preset", choices=("demo", "quick", "full"), help="settings (default demo)")
     p.add_argument("--schedule", choices=("curriculum", "shuffled"), help="training order (default shuffled: it won the study, benchmarks/RESULTS.md)")
     p.add_argument("--encoder", choices=("autoencoder", "vit", "conv"),
                    help="image tokens: a frozen patch autoencoder, a linear patch embedding (ViT) or a convolutional "
@@ -39,13 +39,19 @@ def _add_settings(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _config(args):
+def _config(args, stored=None):
+    """The settings: the preset's (default demo) or, without --preset, ``stored``'s, with the options given."""
+    import dataclasses
+
     from jaxmed.tasks.vlm import task_config
 
-    return task_config(args.preset, schedule=args.schedule, encoder=args.encoder,
-                       finetune_encoder=args.finetune_encoder, dense_weight=args.dense_weight, epochs=args.epochs,
-                       num_train=args.num_train,
-                       num_val=args.num_val, seed=args.seed)
+    given = {k: v for k, v in {"schedule": args.schedule, "encoder": args.encoder,
+                                "finetune_encoder": args.finetune_encoder, "dense_weight": args.dense_weight,
+                                "epochs": args.epochs, "num_train": args.num_train, "num_val": args.num_val,
+                                "seed": args.seed}.items() if v is not None}
+    if stored is not None and args.preset is None:
+        return dataclasses.replace(stored, **given)
+    return task_config(args.preset or "demo", **given)
 
 
 def add_demo(subparsers) -> None:
@@ -90,8 +96,8 @@ def _add_train(subparsers, *, note: str = "") -> None:
         description=("Train the vision-language model on chest phantoms into --out (vlm.json, tokenizer.json, "
                      "autoencoder/ and model/ run folders with checkpoints, metrics.jsonl and loss curves). "
                      "--out must be empty unless --force (start over) or --resume (continue its runs from their "
-                     "latest checkpoints, bit for bit; give the same options as the stopped run: a run of other "
-                     "settings is refused)."))
+                     "latest checkpoints, bit for bit; the settings are read back from --out/vlm.json, and an option "
+                     "given that changes them is refused)."))
     p.add_argument("--out", required=True, metavar="DIR", help="model folder")
     p.add_argument("--resume", action="store_true", help="continue the stopped runs in --out")
     _add_settings(p)
@@ -99,10 +105,11 @@ def _add_train(subparsers, *, note: str = "") -> None:
 
 
 def _run_train(args) -> int:
-    from jaxmed.tasks.vlm import train_vlm
+    from jaxmed.tasks.vlm import stored_task_config, train_vlm
 
     try:
-        _, info = train_vlm(_config(args), args.out, force=args.force, resume=args.resume,
+        stored = stored_task_config(args.out) if args.resume else None
+        _, info = train_vlm(_config(args, stored), args.out, force=args.force, resume=args.resume,
                             progress=not args.no_progress,
                             log=lambda line: print(line, file=sys.stderr, flush=True))
     except (FileExistsError, FileNotFoundError, ValueError) as e:

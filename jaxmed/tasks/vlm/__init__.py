@@ -31,7 +31,15 @@ from jaxmed.tasks.vlm.tokenizer import SPECIAL_TOKENS, Tokenizer, train_tokenize
 from jaxmed.tasks.vlm.config import VLM_PRESETS, VLMTaskConfig, task_config
 from jaxmed.tasks.vlm.data import InstructionSet, answer_text, build_instruction_set, chest_samples
 from jaxmed.tasks.vlm.model import VisionLanguageModel, VLMConfig
-from jaxmed.tasks.vlm.train import VLMModel, load_vlm, make_vlm_loss, step_plan, task_data, train_vlm
+from jaxmed.tasks.vlm.train import (
+    VLMModel,
+    load_vlm,
+    make_vlm_loss,
+    step_plan,
+    stored_task_config,
+    task_data,
+    train_vlm,
+)
 from jaxmed.tasks.vlm.evaluate import answer_batch, evaluate
 from jaxmed.tasks.vlm.ask import Answer, ask, load_radiograph, write_answer
 from jaxmed.tasks.vlm.demo import run_demo
@@ -68,6 +76,7 @@ __all__ = [
     "make_vlm_loss",
     "run_demo",
     "step_plan",
+    "stored_task_config",
     "task_config",
     "task_data",
     "train_tokenizer",

@@ -8,7 +8,8 @@ training reports and instructions, pre-trains the patch autoencoder
 ``metrics.jsonl``) in the step plan of :func:`step_plan`. The model folder::
 
     MODEL_DIR/
-      vlm.json          the task settings, the model config and what training measured
+      vlm.json          the task settings (written first: what --resume continues), then the model
+                        config and what training measured (written last: the folder is a model)
       tokenizer.json    the tokenizer (HuggingFace tokenizers' format)
       autoencoder/      the patch autoencoder's run (encoder "autoencoder")
       model/            the model's run (config.json, metrics.jsonl, loss_curve.png, checkpoints/)
@@ -51,7 +52,7 @@ from jaxmed.tasks.vlm.tokenizer import Tokenizer, train_tokenizer
 from jaxmed.train import Checkpointer, OptimConfig, make_optimizer, run_phase
 
 __all__ = ["VLM_FILE", "TOKENIZER_FILE", "VLMModel", "load_vlm", "make_vlm_loss", "model_config", "step_plan",
-           "task_data", "train_vlm"]
+           "stored_task_config", "task_data", "train_vlm"]
 
 VLM_FILE = "vlm.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -280,6 +281,13 @@ def train_vlm(task: VLMTaskConfig, out_dir: str | os.PathLike, *, force: bool = 
     if resume and force:
         raise ValueError("resume and force exclude each other: resume continues the runs, force starts them over")
     out = prepare_out_dir(out_dir, force=force or resume, replace=() if resume else ("model", "autoencoder"))
+    stored = stored_task_config(out) if resume else None
+    if stored is not None and stored != task:
+        changed = sorted(k for k, v in task_config_to_json(task).items() if task_config_to_json(stored)[k] != v)
+        raise FileExistsError(f"{out}: holds another run (its {VLM_FILE} differs in {', '.join(changed)}); "
+                              "resume it with its own settings, or start over with force")
+    (out / VLM_FILE).write_text(json.dumps({"jaxmed_version": jaxmed.__version__, "task": task_config_to_json(task),
+                                            "training": None}, indent=2) + "\n")
     t0 = time.perf_counter()
     log(f"data: {task.num_train} training phantoms at {task.image_size} px, reports, instructions, tokenizer")
     data, tokenizer = task_data(task)
@@ -331,6 +339,21 @@ def train_vlm(task: VLMTaskConfig, out_dir: str | os.PathLike, *, force: bool = 
     return VLMModel(task, config, module, params, tokenizer), info
 
 
+def stored_task_config(model_dir: str | os.PathLike) -> VLMTaskConfig | None:
+    """The task settings a (possibly unfinished) model folder was trained with, or None where it has no ``vlm.json``.
+
+    Raises:
+      ValueError: naming the file, where it is unreadable.
+    """
+    path = Path(model_dir) / VLM_FILE
+    if not path.is_file():
+        return None
+    try:
+        return task_config_from_json(json.loads(path.read_text())["task"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: unreadable vlm settings ({e})") from e
+
+
 def load_vlm(model_dir: str | os.PathLike) -> VLMModel:
     """Reads a model folder written by :func:`train_vlm`.
 
@@ -346,6 +369,8 @@ def load_vlm(model_dir: str | os.PathLike) -> VLMModel:
         task = task_config_from_json(meta["task"])
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: unreadable vlm settings ({e})") from e
+    if not meta.get("training"):
+        raise ValueError(f"{root}: its training did not finish; continue it with jaxmed vlm train --out {root} --resume")
     tokenizer = Tokenizer.load(root / TOKENIZER_FILE)
     config = model_config(task, tokenizer.vocab_size)
     module = VisionLanguageModel(config)
