@@ -15,7 +15,8 @@ exams are the study's own), plus 240 further site-D exams of other patients
 (PI-CAI ranking score, AUROC, AP) on D's test exams and A's validation exams.
 ``--d-override '{"dwi_noise": 0.015, ...}'`` replaces fields of site D's
 `SiteProfile` (both D sets are drawn with it) to ask which of its settings
-cost the information. Writes summary.json and results.md into --out.
+cost the information; ``--features 16`` widens the U-Net (the study's is 8)
+to ask how much is the network's. Writes summary.json and results.md into --out.
 
 Recorded run (the command above, 2 CPU cores, AMD EPYC without AVX-512, no
 other load; 10 min)::
@@ -71,6 +72,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/lesions-ceiling", help="output folder")
     p.add_argument("--steps", type=int, nargs="+", default=[300, 1200], help="localiser steps (default 300 1200)")
     p.add_argument("--d-override", default="{}", help="JSON of site D's SiteProfile fields to replace")
+    p.add_argument("--features", type=int, help="the U-Net's base width (default the study's, 8)")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -82,6 +84,10 @@ def main(argv=None) -> int:
     out = prepare_out_dir(args.out, force=args.force)
     study = StudyConfig()
     config = study.train
+    if args.features:  # the classifier's encoder is the localiser's (TrainConfig checks it)
+        width = {"features": args.features}
+        config = dataclasses.replace(config, localiser=dataclasses.replace(config.localiser, **width),
+                                     classifier=dataclasses.replace(config.classifier, **width))
     key = study_data_key(config)  # the study's: its D test and A validation exams
     start = time.perf_counter()
     progress = not args.no_progress
@@ -104,7 +110,7 @@ def main(argv=None) -> int:
     table = ["| trained on | steps | D score | D auroc | D ap | A-val score |", "|---|---|---|---|---|---|"]
     table += [f"| {r['trained_on']} | {r['steps']} | {r['site_D']['score']:.3f} | {r['site_D']['auroc']:.3f} | "
               f"{r['site_D']['ap']:.3f} | {r['site_A_val']['score']:.3f} |" for r in rows]
-    summary = {"rows": rows, "d_override": override, "site_D": site_d.as_dict(),
+    summary = {"rows": rows, "d_override": override, "features": config.localiser.features, "site_D": site_d.as_dict(),
                "num_positive": {k: int(v["significant"].sum()) for k, v in sets.items()},
                "seconds": time.perf_counter() - start}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -1,8 +1,9 @@
 """The ``jaxmed`` command: builds the parser from the command modules and dispatches.
 
 * :mod:`jaxmed.cli.core`: the task-free commands, ``info`` and ``train``;
-* one module per task (:data:`TASKS`), each registering its verbs as
-  ``jaxmed <task> <verb>`` and its study as ``jaxmed demo <task>``.
+* one module per task (:data:`TASKS`), each with its verbs (``VERBS``,
+  registered as ``jaxmed <task> <verb>``) and its study (``add_demo``,
+  ``jaxmed demo <task>``).
 
 Every subcommand's parser sets ``run``, a function ``run(args) -> int`` (the
 exit status); the library does the work, the command modules parse and print.
@@ -45,11 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in TASKS.items():
         module.add_demo(studies)
         task = commands.add_parser(name, help=module.HELP, description=module.DESCRIPTION)
-        module.add_verbs(task.add_subparsers(dest="verb", required=True, metavar="VERB"))
+        verbs = task.add_subparsers(dest="verb", required=True, metavar="VERB")
+        for add in module.VERBS.values():
+            add(verbs, note="")
     for name, module in TASKS.items():
         # jaxmed 0.1.0's top-level names of the task's verbs.
         for verb in module.TOP_LEVEL_VERBS:
-            module.add_verbs(commands, (verb,), note=f" (= jaxmed {name} {verb})")
+            module.VERBS[verb](commands, note=f" (= jaxmed {name} {verb})")
     return parser
 
 

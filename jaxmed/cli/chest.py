@@ -15,13 +15,6 @@ DESCRIPTION = ("Chest radiographs: a U-Net finds the lungs and the heart at a re
                "segment predictions decide for the image. train: on phantoms; predict: DICOM radiographs.")
 
 
-def add_verbs(subparsers, names=("train", "predict"), *, note: str = "") -> None:
-    """Registers the task's verbs ``names`` (``train``, ``predict``) on ``subparsers``, ``note`` added to their help."""
-    verbs = {"train": _add_train, "predict": _add_predict}
-    for name in names:
-        verbs[name](subparsers, note=note)
-
-
 def add_demo(subparsers) -> None:
     """Registers the task's study as ``jaxmed demo chest``."""
     p = subparsers.add_parser(
@@ -162,3 +155,7 @@ def _run_predict(args) -> int:
             print(f"  {problem['path']}: {problem['problem']}", file=sys.stderr)
     print(f"predicted {len(table.rows)} radiograph(s); wrote {csv_path}, {json_path} and overlays in {out}")
     return 0 if table.rows else 1
+
+
+# Verb -> its registration, add(subparsers, *, note): jaxmed <task> <verb> (note: added to its help).
+VERBS = {"train": _add_train, "predict": _add_predict}

@@ -26,13 +26,6 @@ DESCRIPTION = (
     "phantom sites A-D; evaluate: PI-CAI scores on a site; predict: DICOM exam folders.")
 
 
-def add_verbs(subparsers, names=("train", "evaluate", "predict"), *, note: str = "") -> None:
-    """Registers the task's verbs ``names`` (``train``, ``evaluate``, ``predict``) on ``subparsers``."""
-    verbs = {"train": _add_train, "evaluate": _add_evaluate, "predict": _add_predict}
-    for name in names:
-        verbs[name](subparsers, note=note)
-
-
 def add_demo(subparsers) -> None:
     """Registers the task's study as ``jaxmed demo lesions``."""
     p = subparsers.add_parser(
@@ -344,3 +337,7 @@ def _run_predict(args) -> int:
             print(f"  {p['folder']}: {p['problem']}", file=sys.stderr)
     print(f"predicted {len(rows)} exam(s); wrote {args.out}/predictions.csv and predictions.json")
     return 0 if rows else 1
+
+
+# Verb -> its registration, add(subparsers, *, note): jaxmed <task> <verb> (note: added to its help).
+VERBS = {"train": _add_train, "evaluate": _add_evaluate, "predict": _add_predict}

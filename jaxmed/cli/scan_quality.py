@@ -22,13 +22,6 @@ DESCRIPTION = ("Scan-quality classification: a VAE trained on normal scans (jaxm
                "site's own normals), score decides for new ones.")
 
 
-def add_verbs(subparsers, names=("calibrate", "score"), *, note: str = "") -> None:
-    """Registers the task's verbs ``names`` (``calibrate``, ``score``) on ``subparsers``, ``note`` added to their help."""
-    verbs = {"calibrate": _add_calibrate, "score": _add_score}
-    for name in names:
-        verbs[name](subparsers, note=note)
-
-
 def add_demo(subparsers) -> None:
     """Registers the task's study as ``jaxmed demo scan-quality``."""
     _add_demo(subparsers)
@@ -290,3 +283,7 @@ def _run_demo(args) -> int:
           "training)")
     print(f"wrote {args.out}: {', '.join(summary['files'])}")
     return 0
+
+
+# Verb -> its registration, add(subparsers, *, note): jaxmed <task> <verb> (note: added to its help).
+VERBS = {"calibrate": _add_calibrate, "score": _add_score}

@@ -14,13 +14,6 @@ DESCRIPTION = ("An anatomically aware vision-language model: image patch tokens 
                "report), stage by stage or shuffled. train: on phantoms; ask: one instruction about a radiograph.")
 
 
-def add_verbs(subparsers, names=("train", "ask"), *, note: str = "") -> None:
-    """Registers the task's verbs ``names`` (``train``, ``ask``) on ``subparsers``."""
-    verbs = {"train": _add_train, "ask": _add_ask}
-    for name in names:
-        verbs[name](subparsers, note=note)
-
-
 def _add_settings(p) -> None:
     p.add_argument("--preset", choices=("demo", "quick", "full"), help="settings (default demo)")
     p.add_argument("--schedule", choices=("curriculum", "shuffled"), help="training order (default shuffled: it won the study, benchmarks/RESULTS.md)")
@@ -160,3 +153,7 @@ def _run_ask(args) -> int:
     for path in paths:
         print(f"wrote {path}")
     return 0
+
+
+# Verb -> its registration, add(subparsers, *, note): jaxmed <task> <verb> (note: added to its help).
+VERBS = {"train": _add_train, "ask": _add_ask}
