@@ -12,7 +12,9 @@ deploys k = 24 by BALD and trains the classifier 100 + 60 steps), with the
 continued run on A+B shortened to ``--continue-steps`` (default 300) and
 ``--seeds`` (default 0 1) so that the whole study fits in about half an hour
 on 2 CPU cores; ``--fusions mean max learned`` adds the fusion comparison
-(``jaxmed demo lesions`` runs it on its smaller settings).
+(``jaxmed demo lesions`` runs it on its smaller settings); ``--features 16``
+widens the U-Net (localiser and classifier encoder; not yet run: about 2.4x
+the time, see benchmarks/RESULTS.md, "A wider U-Net").
 Then it checks the site-D scores of the full method against picai_eval
 (with report_guided_annotation's dynamic extraction) when they are installed
 (the test extras). It writes summary.json, results.md and the PNGs into --out.
@@ -75,6 +77,7 @@ from jaxmed.tasks.lesions import (
     load_study_data,
     predict_lesions,
     run_study,
+    with_width,
 )
 from jaxmed.train import Checkpointer
 
@@ -114,12 +117,15 @@ def main(argv=None) -> int:
                    help="steps of the continued run on A+B (default 300)")
     p.add_argument("--fusions", nargs="+", default=["mean"], choices=("mean", "max", "learned"),
                    help="fusions trained on A and compared (default: the default fusion only; the demo compares all)")
+    p.add_argument("--features", type=int, help="the U-Net's base width (default the study's, 8)")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out (finished runs are reused)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     config = StudyConfig()
     train = dataclasses.replace(config.train, continue_phase=dataclasses.replace(config.train.continue_phase,
                                                                                  steps=args.continue_steps))
+    if args.features:
+        train = with_width(train, args.features)
     config = dataclasses.replace(config, seeds=tuple(args.seeds), train=train, fusions=tuple(args.fusions))
     start = time.perf_counter()
 

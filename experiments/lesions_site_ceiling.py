@@ -37,6 +37,10 @@ With D's noise halved, its motion halved, b 0/1000 and a 2.4 mm / 4 mm DWI
 grid (``--d-override``, 300 steps; 4 min) the D-trained localiser scores
 0.692 on D and the A-trained one 0.805: the milder D loses less information,
 but also most of its shift from A (0.855 on A).
+At twice the width (``--features 16``, 600 steps; 9.6 min) the D-trained
+localiser reaches 0.807 on D and the A-trained one 0.679 on D and 0.892 on A:
+part of the cap is the network's (at 1200 steps both overfit their 240
+exams: 0.773 and 0.671 on D; benchmarks/RESULTS.md, "A wider U-Net").
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from jaxmed.tasks.lesions import (
     site_exams,
     study_data_key,
     train_localiser,
+    with_width,
 )
 
 _D_TRAIN_SPLIT = 2  # D's own training exams: patients of neither D's test set (split 0) nor anything else
@@ -84,10 +89,8 @@ def main(argv=None) -> int:
     out = prepare_out_dir(args.out, force=args.force)
     study = StudyConfig()
     config = study.train
-    if args.features:  # the classifier's encoder is the localiser's (TrainConfig checks it)
-        width = {"features": args.features}
-        config = dataclasses.replace(config, localiser=dataclasses.replace(config.localiser, **width),
-                                     classifier=dataclasses.replace(config.classifier, **width))
+    if args.features:
+        config = with_width(config, args.features)
     key = study_data_key(config)  # the study's: its D test and A validation exams
     start = time.perf_counter()
     progress = not args.no_progress

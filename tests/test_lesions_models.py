@@ -131,3 +131,16 @@ def test_localiser_pixel_loss_by_hand(rng):
     expected = w * bce(fused, target) + 0.5 * np.mean(w[..., None] * bce(maps, target[..., None]), axis=-1)
     loss = jax.jit(lambda f, m, t: localiser_pixel_loss(f, m, t, pos_weight=5.0, modality_weight=0.5))
     np.testing.assert_allclose(loss(fused, maps, target), expected, rtol=1e-5)
+
+
+def test_with_width_widens_the_one_encoder_of_both_networks():
+    from jaxmed.tasks.lesions import TrainConfig, with_width
+
+    base = TrainConfig()
+    wide = with_width(base, 16)
+    assert (wide.localiser.features, wide.classifier.features) == (16, 16)
+    assert wide.localiser.depth == base.localiser.depth and wide.reference_phase == base.reference_phase
+    shapes = jax.eval_shape(lambda: wide.localiser.make_module().init(jax.random.key(0),
+                                                                      jnp.zeros((1, *wide.localiser.image_shape))))
+    kernels = jax.tree_util.tree_leaves_with_path(shapes["params"]["unet"]["ConvBlock_0"])
+    assert {leaf.shape[-1] for path, leaf in kernels if "kernel" in jax.tree_util.keystr(path)} == {16}

@@ -38,6 +38,7 @@ from jaxmed.tasks.lesions.config import (
     config_to_json,
     demo_config,
     train_config_from_json,
+    with_width,
 )
 from jaxmed.tasks.lesions.data import grade_class, site_exams, subset
 from jaxmed.tasks.lesions.evaluation import (
@@ -129,4 +130,5 @@ __all__ = [
     "train_lesion_model",
     "train_localiser",
     "uncertainty_order",
+    "with_width",
 ]

@@ -24,7 +24,7 @@ from jaxmed.tasks.lesions.synthesis import InpaintConfig
 from jaxmed.train import config_from_dict
 
 __all__ = ["ORDERS", "PhaseConfig", "StudyConfig", "TrainConfig", "UNCERTAINTIES", "config_from_json",
-           "config_to_json", "demo_config", "train_config_from_json"]
+           "config_to_json", "demo_config", "train_config_from_json", "with_width"]
 
 ORDERS = ("similarity", "random")
 UNCERTAINTIES = ("bald", "entropy", "random")
@@ -205,6 +205,12 @@ class StudyConfig:
 
     def count(self, site: str) -> int:
         return dict(self.num_exams)[site]
+
+
+def with_width(config: TrainConfig, features: int) -> TrainConfig:
+    """``config`` with the localiser's U-Net and the classifier's encoder (one encoder) at base width ``features``."""
+    return dataclasses.replace(config, localiser=dataclasses.replace(config.localiser, features=features),
+                               classifier=dataclasses.replace(config.classifier, features=features))
 
 
 def config_to_json(config: Any) -> dict[str, Any]:
