@@ -72,6 +72,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxmed.tasks.lesions import (
+    ExamAugment,
     StudyConfig,
     detection_summary,
     load_study_data,
@@ -117,16 +118,30 @@ def main(argv=None) -> int:
                    help="steps of the continued run on A+B (default 300)")
     p.add_argument("--fusions", nargs="+", default=["mean"], choices=("mean", "max", "learned"),
                    help="fusions trained on A and compared (default: the default fusion only; the demo compares all)")
+    p.add_argument("--reference-steps", type=int, metavar="N",
+                   help="steps of the localiser on A (default the study's, 300)")
     p.add_argument("--features", type=int, help="the U-Net's base width (default the study's, 8)")
+    p.add_argument("--train-exams", type=int, metavar="N", help="exams of each training site, A and B (default 240)")
+    p.add_argument("--augment", action="store_true",
+                   help="train every phase with the acquisition augmentation (jaxmed.tasks.lesions.ExamAugment())")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out (finished runs are reused)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     config = StudyConfig()
     train = dataclasses.replace(config.train, continue_phase=dataclasses.replace(config.train.continue_phase,
                                                                                  steps=args.continue_steps))
+    if args.reference_steps:
+        train = dataclasses.replace(train, reference_phase=dataclasses.replace(train.reference_phase,
+                                                                               steps=args.reference_steps))
     if args.features:
         train = with_width(train, args.features)
-    config = dataclasses.replace(config, seeds=tuple(args.seeds), train=train, fusions=tuple(args.fusions))
+    if args.augment:
+        train = dataclasses.replace(train, augment=ExamAugment())
+    counts = dict(config.num_exams)
+    if args.train_exams:
+        counts.update({train.reference: args.train_exams, train.second: args.train_exams})
+    config = dataclasses.replace(config, seeds=tuple(args.seeds), train=train, fusions=tuple(args.fusions),
+                                 num_exams=tuple(counts.items()))
     start = time.perf_counter()
 
     def log(line):

@@ -119,8 +119,9 @@ def _add_train(subparsers, *, note: str = "") -> None:
                    help="masked-region training of the localiser (losses on disjoint regions, each with one modality "
                         "blanked): the model then predicts with a modality missing")
     p.add_argument("--augment", action="store_true",
-                   help="random contrast, bias field, noise and ADC-scale changes of every training exam, per step "
-                        "(jaxmed.tasks.lesions.augment; off by default: it underfit in short runs)")
+                   help="random acquisition changes of every training exam, per step: contrast, bias field, noise, "
+                        "ADC scale, in-plane blur, diffusion-to-T2 shift, faded lesion contrast "
+                        "(jaxmed.tasks.lesions.augment; off by default: it needs long runs, see docs/lesions.md)")
     p.add_argument("--fusion", choices=("mean", "max", "learned"),
                    help="fusion of the per-modality maps (default mean, the best on validation exams; learned "
                         "with --quick)")

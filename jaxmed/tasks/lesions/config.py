@@ -81,9 +81,11 @@ class TrainConfig:
       loss: the localiser's loss (plain or masked-region training).
       preprocess: exams -> inputs; its shape must be the localiser's.
       augment: random acquisition changes of each training exam, per step.
-        Off by default: a site-A localiser (300 steps) with it scored 0.68
-        on A's validation exams and 0.46 on site D, against 0.85 and 0.58
-        without it (it underfits in so few steps).
+        Off by default, because it needs long runs: a site-A localiser at
+        base width 16 with it scored 0.778 on site D after 1500 steps,
+        against 0.671-0.679 without it (600 and 1200 steps), but at the
+        default budget (300 steps, width 8) it underfits (A validation
+        0.68 against 0.85; benchmarks/RESULTS.md, "Augmentation").
       reference, second, deploy: site names (``second``/``deploy`` may be "").
       order: how the second site's exams enter (`ORDERS`).
       uncertainty: how the deployment pool is ranked (`UNCERTAINTIES`).

@@ -199,13 +199,15 @@ def lesion_phase(name: str, loss_fn, params, tx, batch_fn: BatchFn, *, phase: Ph
 
 
 def _augmented(loss_fn, config: TrainConfig, target_key: str = "lesion_mask"):
-    """``loss_fn`` on batches changed by ``config.augment`` (images and ``target_key`` alike), per step."""
+    """``loss_fn`` on batches changed by ``config.augment`` (images and ``target_key`` alike, the lesion contrast
+    by the batch's ``lesion_mask``), per step."""
     if not config.augment.enabled:
         return loss_fn
 
     def wrapped(params, batch, key):
         augment_key, key = jax.random.split(key)
-        image, target = augment_batch(augment_key, batch["image"], batch[target_key], config.augment)
+        image, target = augment_batch(augment_key, batch["image"], batch[target_key], config.augment,
+                                      batch.get("lesion_mask"))
         return loss_fn(params, {**batch, "image": image, target_key: target}, key)
 
     return wrapped
