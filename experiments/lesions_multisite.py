@@ -13,8 +13,9 @@ continued run on A+B shortened to ``--continue-steps`` (default 300) and
 ``--seeds`` (default 0 1) so that the whole study fits in about half an hour
 on 2 CPU cores; ``--fusions mean max learned`` adds the fusion comparison
 (``jaxmed demo lesions`` runs it on its smaller settings); ``--features 16``
-widens the U-Net (localiser and classifier encoder; not yet run: about 2.4x
-the time, see benchmarks/RESULTS.md, "A wider U-Net").
+widens the U-Net (localiser and classifier encoder), ``--augment`` trains
+every phase with the acquisition augmentation, ``--reference-steps`` sets
+the site-A run and ``--train-exams`` the exams of A and B.
 Then it checks the site-D scores of the full method against picai_eval
 (with report_guided_annotation's dynamic extraction) when they are installed
 (the test extras). It writes summary.json, results.md and the PNGs into --out.
@@ -56,6 +57,13 @@ AUROC 0.643 vs 0.967, case AUROC 0.504 vs 0.803, ranking score 0.269 vs
 AP 0.712 ± 0.035, grade accuracy 0.633 ± 0.077, MAE 0.530 ± 0.080, quadratic
 kappa 0.486 ± 0.016. The mean fusion's localiser on A: site-A validation
 score 0.865, site D 0.631 (seed 0).
+
+At width 16 with the augmentation (``--features 16 --augment
+--reference-steps 900 --continue-steps 450``; 55 min on 2 idle cores), site
+D, seeds 0 and 1: A alone 0.707 ± 0.070, A+B random 0.768 ± 0.043, A+B
+similarity 0.763 ± 0.047, B alone 0.785 ± 0.018, full method 0.787 ± 0.009
+(0.779 / 0.796; seed-0 interval 0.691-0.853), still below 0.85
+(benchmarks/RESULTS.md, "Augmentation and the study at width 16").
 """
 
 from __future__ import annotations

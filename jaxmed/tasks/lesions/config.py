@@ -83,9 +83,10 @@ class TrainConfig:
       augment: random acquisition changes of each training exam, per step.
         Off by default, because it needs long runs: a site-A localiser at
         base width 16 with it scored 0.778 on site D after 1500 steps,
-        against 0.671-0.679 without it (600 and 1200 steps), but at the
-        default budget (300 steps, width 8) it underfits (A validation
-        0.68 against 0.85; benchmarks/RESULTS.md, "Augmentation").
+        against 0.671-0.679 without it (600 and 1200 steps); its earlier,
+        milder form (no blur, shift or fading) underfit at the default
+        budget (300 steps, width 8: A validation 0.68 against 0.85).
+        benchmarks/RESULTS.md, "Augmentation and the study at width 16".
       reference, second, deploy: site names (``second``/``deploy`` may be "").
       order: how the second site's exams enter (`ORDERS`).
       uncertainty: how the deployment pool is ranked (`UNCERTAINTIES`).
