@@ -147,7 +147,7 @@ def main(argv=None) -> int:
         train = dataclasses.replace(train, augment=ExamAugment())
     counts = dict(config.num_exams)
     if args.train_exams:
-        counts.update({train.reference: args.train_exams, train.second: args.train_exams})
+        counts.update({site: args.train_exams for site in (train.reference, train.second) if site})
     config = dataclasses.replace(config, seeds=tuple(args.seeds), train=train, fusions=tuple(args.fusions),
                                  num_exams=tuple(counts.items()))
     start = time.perf_counter()
