@@ -59,10 +59,10 @@ kappa 0.486 ± 0.016. The mean fusion's localiser on A: site-A validation
 score 0.865, site D 0.631 (seed 0).
 
 At width 16 with the augmentation (``--features 16 --augment
---reference-steps 900 --continue-steps 450``; 55 min on 2 idle cores), site
-D, seeds 0 and 1: A alone 0.707 ± 0.070, A+B random 0.768 ± 0.043, A+B
-similarity 0.763 ± 0.047, B alone 0.785 ± 0.018, full method 0.787 ± 0.009
-(0.779 / 0.796; seed-0 interval 0.691-0.853), still below 0.85
+--reference-steps 900 --continue-steps 450``; 52 min on 2 idle cores), site
+D, seeds 0 and 1: A alone 0.615 ± 0.039, A+B random 0.774 ± 0.006, A+B
+similarity 0.794 ± 0.017, B alone 0.783 ± 0.031, full method 0.810 ± 0.002
+(0.812 / 0.808; seed-0 interval 0.740-0.882), still below 0.85
 (benchmarks/RESULTS.md, "Augmentation and the study at width 16").
 """
 

@@ -45,9 +45,9 @@ localiser reaches 0.807 on D and the A-trained one 0.679 on D and 0.892 on A:
 part of the cap is the network's (at 1200 steps both overfit their 240
 exams: 0.773 and 0.671 on D; benchmarks/RESULTS.md, "A wider U-Net").
 With the augmentation, trained on A alone for 1500 steps at width 16
-(``--steps 1500 --features 16 --augment --train-on A``; 11 min), the localiser
-scores 0.778 on D (0.817 on A): above D's own model at 1200 steps, and 0.10
-above the unaugmented A model (benchmarks/RESULTS.md, "Augmentation").
+(``--steps 1500 --features 16 --augment --train-on A``; 12 min), the localiser
+scores 0.770 on D (0.832 on A): level with D's own model at 1200 steps, and
+0.09 above the unaugmented A model (benchmarks/RESULTS.md, "Augmentation").
 """
 
 from __future__ import annotations

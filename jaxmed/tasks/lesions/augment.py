@@ -57,7 +57,9 @@ class ExamAugment:
       noise_std: largest added noise std (T2/DWI in [0, 1] units; ADC in 1e-3 mm^2/s).
       adc_scale: largest relative change of the ADC values.
       blur_sigma: ``(low, high)`` of the in-plane blur's std, voxels.
-      lesion_contrast: ``(low, high)`` of the factor on the lesions' ADC and DWI contrast (needs their mask).
+      lesion_contrast: ``(low, high)`` of the factor on the lesions' ADC and DWI contrast (needs their
+        mask). The default's 0.44 is the training sites' own spread: site B's lesions show 0.44 of site A's
+        DWI d' (``experiments/lesions_site_contrast.py``; the test site is not looked at).
       shift_voxels: largest in-plane shift of ADC and DWI against T2, voxels, per axis.
       flip_probability: probability of the left-right mirror.
     """
@@ -69,7 +71,7 @@ class ExamAugment:
     noise_std: float = 0.04
     adc_scale: float = 0.08
     blur_sigma: tuple[float, float] = (0.0, 1.0)
-    lesion_contrast: tuple[float, float] = (0.35, 1.0)
+    lesion_contrast: tuple[float, float] = (0.44, 1.0)
     shift_voxels: float = 1.0
     flip_probability: float = 0.5
 

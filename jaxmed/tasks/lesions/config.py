@@ -82,7 +82,7 @@ class TrainConfig:
       preprocess: exams -> inputs; its shape must be the localiser's.
       augment: random acquisition changes of each training exam, per step.
         Off by default, because it needs long runs: a site-A localiser at
-        base width 16 with it scored 0.778 on site D after 1500 steps,
+        base width 16 with it scored 0.770 on site D after 1500 steps,
         against 0.671-0.679 without it (600 and 1200 steps); its earlier,
         milder form (no blur, shift or fading) underfit at the default
         budget (300 steps, width 8: A validation 0.68 against 0.85).
