@@ -14,7 +14,9 @@ continued run on A+B shortened to ``--continue-steps`` (default 300) and
 on 2 CPU cores; ``--fusions mean max learned`` adds the fusion comparison
 (``jaxmed demo lesions`` runs it on its smaller settings); ``--features 16``
 widens the U-Net (localiser and classifier encoder), ``--augment`` trains
-every phase with the acquisition augmentation, ``--reference-steps`` sets
+every phase with the acquisition augmentation, ``--mirror-tta`` predicts
+with each exam's left-right mirror averaged in (and reports the figures
+without it beside), ``--reference-steps`` sets
 the site-A run and ``--train-exams`` the exams of A and B.
 Then it checks the site-D scores of the full method against picai_eval
 (with report_guided_annotation's dynamic extraction) when they are installed
@@ -105,7 +107,7 @@ def _picai_check(out_dir: Path, data, config: StudyConfig) -> dict:
         params = c.restore_params()
     t = dataclasses.replace(config.train, seed=seed)
     test = data["test"]
-    probs = predict_lesions(params, t.localiser, t.classifier, test["image"])["prob"]
+    probs = predict_lesions(params, t.localiser, t.classifier, test["image"], mirror=t.mirror_tta)["prob"]
     ours = detection_summary(probs, test["lesion_mask"])
     theirs = picai_eval.evaluate(
         [p[None] for p in probs], [(y > 0.5)[None].astype(np.uint8) for y in test["lesion_mask"]],
@@ -132,6 +134,8 @@ def main(argv=None) -> int:
     p.add_argument("--train-exams", type=int, metavar="N", help="exams of each training site, A and B (default 240)")
     p.add_argument("--augment", action="store_true",
                    help="train every phase with the acquisition augmentation (jaxmed.tasks.lesions.ExamAugment())")
+    p.add_argument("--mirror-tta", action="store_true",
+                   help="predict with the left-right mirror averaged in (TrainConfig.mirror_tta; for --augment)")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out (finished runs are reused)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -145,6 +149,8 @@ def main(argv=None) -> int:
         train = with_width(train, args.features)
     if args.augment:
         train = dataclasses.replace(train, augment=ExamAugment())
+    if args.mirror_tta:
+        train = dataclasses.replace(train, mirror_tta=True)
     counts = dict(config.num_exams)
     if args.train_exams:
         counts.update({site: args.train_exams for site in (train.reference, train.second) if site})

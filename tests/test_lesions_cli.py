@@ -234,11 +234,13 @@ def test_train_flags_reach_the_config():
     from jaxmed.cli.lesions import _train_config
 
     args = build_parser().parse_args(["lesions", "train", "--out", "unused", "--augment", "--fusion", "max",
-                                      "--masked-regions", "--steps", "continue=7", "--deploy-k", "5"])
+                                      "--masked-regions", "--steps", "continue=7", "--deploy-k", "5",
+                                      "--mirror-tta"])
     config = _train_config(args)
     assert config.augment.enabled and config.localiser.fusion == "max" and config.loss.masked
-    assert config.continue_phase.steps == 7 and config.deploy_k == 5
+    assert config.continue_phase.steps == 7 and config.deploy_k == 5 and config.mirror_tta
     default = _train_config(build_parser().parse_args(["lesions", "train", "--out", "unused"]))
     assert not default.augment.enabled and default.localiser.fusion == "mean" and not default.loss.masked
+    assert not default.mirror_tta
     quick = _train_config(build_parser().parse_args(["lesions", "train", "--out", "unused", "--quick"]))
     assert quick.localiser.fusion == "learned" and quick.localiser.features == 4

@@ -144,3 +144,52 @@ def test_with_width_widens_the_one_encoder_of_both_networks():
                                                                       jnp.zeros((1, *wide.localiser.image_shape))))
     kernels = jax.tree_util.tree_leaves_with_path(shapes["params"]["unet"]["ConvBlock_0"])
     assert {leaf.shape[-1] for path, leaf in kernels if "kernel" in jax.tree_util.keystr(path)} == {16}
+
+
+def test_mirror_averaged_prediction_is_mirror_equivariant(rng):
+    """``mirror=True`` is the mean of the prediction and the mirrored prediction of the mirror (Flax's apply,
+    recombined here by hand), so mirroring the input mirrors every map and leaves the exam outputs unchanged;
+    without it a random network is not equivariant (so the check can fail)."""
+    from jaxmed.models import LocaliserConfig, MapClassifierConfig
+    from jaxmed.tasks.lesions import LesionNet, predict_lesions, predict_localiser
+
+    loc = LocaliserConfig(image_shape=(16, 16, 3), **TINY, feature_channels=4, fusion="learned", fusion_hidden=4)
+    cls = MapClassifierConfig(**TINY, hidden=8)
+    x = rng.normal(size=(3, 16, 16, 3)).astype(np.float32)
+    net = LesionNet(localiser=loc, classifier=cls)
+    params = numpy_params(net, rng, jnp.asarray(x))
+    flip = x[:, :, ::-1]
+
+    out, out_flipped = (predict_lesions(params, loc, cls, v, mirror=True) for v in (x, flip))
+    raw, raw_flipped = (jax.jit(net.apply)(params, jnp.asarray(v)) for v in (x, flip))
+    sig = lambda v: _sigmoid(np.asarray(v, np.float64))  # noqa: E731
+    np.testing.assert_allclose(out["prob"], (np.asarray(raw["prob"]) + np.asarray(raw_flipped["prob"])[:, :, ::-1]) / 2,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["maps"], (sig(raw["maps"]) + sig(raw_flipped["maps"])[:, :, ::-1]) / 2,
+                               rtol=1e-5, atol=1e-6)
+    significant = (sig(raw["cumulative_logits"][:, 0]) + sig(raw_flipped["cumulative_logits"][:, 0])) / 2
+    np.testing.assert_allclose(out["significant"], significant, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["grade_probs"].sum(-1), 1.0, rtol=1e-5)
+
+    np.testing.assert_allclose(out_flipped["prob"], out["prob"][:, :, ::-1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out_flipped["maps"], out["maps"][:, :, ::-1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out_flipped["significant"], out["significant"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out_flipped["grade_probs"], out["grade_probs"], rtol=1e-5, atol=1e-6)
+    plain, plain_flipped = (predict_lesions(params, loc, cls, v)["prob"] for v in (x, flip))
+    assert np.abs(plain_flipped - plain[:, :, ::-1]).max() > 1e-3
+
+    loc_params = {"params": params["params"]["localiser"]}
+    alone = predict_localiser(loc_params, loc, x, mirror=True)
+    np.testing.assert_allclose(alone["prob"], out["prob"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predict_localiser(loc_params, loc, flip, mirror=True)["prob"], alone["prob"][:, :, ::-1],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_mirror_tta_survives_the_config_round_trip():
+    from jaxmed.tasks.lesions import TrainConfig, config_to_json, train_config_from_json
+
+    config = TrainConfig(mirror_tta=True)
+    data = config_to_json(config)
+    assert data["mirror_tta"] is True and train_config_from_json(data) == config
+    del data["mirror_tta"]  # a lesions.json written before the option: the default
+    assert train_config_from_json(data).mirror_tta is False

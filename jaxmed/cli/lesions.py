@@ -122,6 +122,9 @@ def _add_train(subparsers, *, note: str = "") -> None:
                    help="random acquisition changes of every training exam, per step: contrast, bias field, noise, "
                         "ADC scale, in-plane blur, diffusion-to-T2 shift, faded lesion contrast "
                         "(jaxmed.tasks.lesions.augment; off by default: it needs long runs, see docs/lesions.md)")
+    p.add_argument("--mirror-tta", action="store_true",
+                   help="predict with each exam's left-right mirror averaged in (test-time augmentation, stored "
+                        "with the model; for models trained with --augment, whose mirror it undoes)")
     p.add_argument("--fusion", choices=("mean", "max", "learned"),
                    help="fusion of the per-modality maps (default mean, the best on validation exams; learned "
                         "with --quick)")
@@ -159,7 +162,7 @@ def _train_config(args):
                                               learning_rate=phase.learning_rate)
     return dataclasses.replace(
         base, reference=args.reference, second=args.second, deploy=args.deploy, deploy_k=args.deploy_k,
-        order=args.order, uncertainty=args.uncertainty, seed=args.seed,
+        order=args.order, uncertainty=args.uncertainty, seed=args.seed, mirror_tta=args.mirror_tta,
         localiser=dataclasses.replace(base.localiser, fusion=args.fusion or base.localiser.fusion),
         augment=dataclasses.replace(base.augment, enabled=args.augment),
         loss=dataclasses.replace(base.loss, masked=args.masked_regions), **phases)
@@ -257,7 +260,8 @@ def _run_evaluate(args) -> int:
         print(f"jaxmed lesions evaluate: error: {e}", file=sys.stderr)
         return 2
     c = model.config
-    pred = predict_lesions(model.params, c.localiser, c.classifier, test["image"], progress=not args.no_progress)
+    pred = predict_lesions(model.params, c.localiser, c.classifier, test["image"], mirror=c.mirror_tta,
+                           progress=not args.no_progress)
     result, detections = evaluate_maps(pred["prob"], test["lesion_mask"])
     intervals = bootstrap_detection(jax.random.key(args.seed), result.cases, num_resamples=1000)
     metrics = {"site": args.site, "num_exams": args.num_exams, "model": str(Path(args.model).absolute()),

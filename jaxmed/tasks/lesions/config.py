@@ -99,6 +99,9 @@ class TrainConfig:
         continued run (linear pacing from a batch's worth).
       replay: fraction of each continued or deployment batch drawn from the
         earlier sites' exams.
+      mirror_tta: predictions average each exam's and its left-right mirror's (test-time
+        augmentation; `jaxmed.tasks.lesions.predict_lesions`), for models trained with the mirror
+        (``augment``). Off by default.
       seed: seeds the networks, the batches and the dropout.
     """
 
@@ -122,6 +125,7 @@ class TrainConfig:
     joint_localiser_weight: float = 1.0
     pacing: float = 0.6
     replay: float = 0.5
+    mirror_tta: bool = False
     seed: int = 0
 
     def __post_init__(self):

@@ -9,7 +9,11 @@ classifier's encoder starts from the localiser's U-Net encoder
 (:func:`jaxmed.models.encoder_params_from_unet`).
 
 Inference helpers are jitted over fixed-size chunks of exams
-(`predict_localiser`, `predict_lesions`) with a progress bar.
+(`predict_localiser`, `predict_lesions`) with a progress bar; with
+``mirror=True`` they average the prediction of each exam and of its
+left-right mirror (test-time augmentation, as nnU-Net and the PI-CAI
+baselines do), which makes the prediction exactly mirror-equivariant. It
+suits models trained with the mirror (`ExamAugment.flip_probability`).
 """
 
 from __future__ import annotations
@@ -91,30 +95,59 @@ def _chunks(arrays: dict[str, np.ndarray], fn, *, desc: str, progress: bool) -> 
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _localiser_fn(params, x, *, config: LocaliserConfig):
-    out = config.make_module().apply(params, x, with_maps=True)
-    return {"prob": jax.nn.sigmoid(out["fused"][..., 0]), "maps": jax.nn.sigmoid(out["maps"])}
+# The left-right axis of the outputs (images [N, *S, M] flip on axis -2); others are per exam.
+_MIRROR_AXES = {"prob": -1, "maps": -2}
 
 
-def predict_localiser(params: Any, config: LocaliserConfig, images: np.ndarray, *,
+def _mirror_averaged(fn, x: jax.Array, mirror: bool) -> dict[str, jax.Array]:
+    """``fn(x)``, or with ``mirror`` the mean of ``fn(x)`` and ``fn``'s outputs on the mirrored ``x``, mirrored back."""
+    out = fn(x)
+    if not mirror:
+        return out
+    flipped = fn(jnp.flip(x, axis=-2))
+    return {k: (v + (jnp.flip(flipped[k], axis=_MIRROR_AXES[k]) if k in _MIRROR_AXES else flipped[k])) / 2
+            for k, v in out.items()}
+
+
+@functools.partial(jax.jit, static_argnames=("config", "mirror"))
+def _localiser_fn(params, x, *, config: LocaliserConfig, mirror: bool):
+    def fn(x):
+        out = config.make_module().apply(params, x, with_maps=True)
+        return {"prob": jax.nn.sigmoid(out["fused"][..., 0]), "maps": jax.nn.sigmoid(out["maps"])}
+
+    return _mirror_averaged(fn, x, mirror)
+
+
+def predict_localiser(params: Any, config: LocaliserConfig, images: np.ndarray, *, mirror: bool = False,
                       progress: bool = False) -> dict[str, np.ndarray]:
-    """Fused and per-modality lesion probabilities: ``{"prob": [n, *S], "maps": [n, *S, M]}``."""
-    return _chunks({"x": images}, lambda b: _localiser_fn(params, b["x"], config=config),
+    """Fused and per-modality lesion probabilities: ``{"prob": [n, *S], "maps": [n, *S, M]}``.
+
+    Args:
+      mirror: average each exam's prediction with its left-right mirror's (module docstring).
+    """
+    return _chunks({"x": images}, lambda b: _localiser_fn(params, b["x"], config=config, mirror=mirror),
                    desc="localiser", progress=progress)
 
 
-@functools.partial(jax.jit, static_argnames=("localiser", "classifier"))
-def _lesion_fn(params, x, *, localiser, classifier):
-    out = LesionNet(localiser=localiser, classifier=classifier).apply(params, x)
-    log_probs = cumulative_link_log_probs(out["cumulative_logits"])
-    return {"prob": out["prob"], "maps": jax.nn.sigmoid(out["maps"]),
-            "significant": jax.nn.sigmoid(out["cumulative_logits"][:, 0]), "grade_probs": jnp.exp(log_probs)}
+@functools.partial(jax.jit, static_argnames=("localiser", "classifier", "mirror"))
+def _lesion_fn(params, x, *, localiser, classifier, mirror: bool):
+    def fn(x):
+        out = LesionNet(localiser=localiser, classifier=classifier).apply(params, x)
+        log_probs = cumulative_link_log_probs(out["cumulative_logits"])
+        return {"prob": out["prob"], "maps": jax.nn.sigmoid(out["maps"]),
+                "significant": jax.nn.sigmoid(out["cumulative_logits"][:, 0]), "grade_probs": jnp.exp(log_probs)}
+
+    return _mirror_averaged(fn, x, mirror)
 
 
 def predict_lesions(params: Any, localiser: LocaliserConfig, classifier: MapClassifierConfig, images: np.ndarray,
-                    *, progress: bool = False) -> dict[str, np.ndarray]:
+                    *, mirror: bool = False, progress: bool = False) -> dict[str, np.ndarray]:
     """The whole model: ``prob [n, *S]``, ``maps [n, *S, M]``, ``significant [n]`` (P(class >= 1)),
-    ``grade_probs [n, K]`` (class probabilities; class ``k`` is grade group ``k + 1``)."""
-    return _chunks({"x": images}, lambda b: _lesion_fn(params, b["x"], localiser=localiser, classifier=classifier),
+    ``grade_probs [n, K]`` (class probabilities; class ``k`` is grade group ``k + 1``).
+
+    Args:
+      mirror: average each exam's outputs with its left-right mirror's (module docstring).
+    """
+    return _chunks({"x": images},
+                   lambda b: _lesion_fn(params, b["x"], localiser=localiser, classifier=classifier, mirror=mirror),
                    desc="lesion model", progress=progress)

@@ -224,7 +224,7 @@ def predict_folders(model: LesionModel, folders: Sequence, out_dir, *, register_
         image = prepared.image.copy()
         for m in missing:
             image[..., MODALITIES.index(m)] = config.loss.blank_value
-        out = predict_lesions(model.params, config.localiser, config.classifier, image)
+        out = predict_lesions(model.params, config.localiser, config.classifier, image, mirror=config.mirror_tta)
         t2_shape = exam["t2"].shape[1:]
         native = np.clip(to_native(out["prob"][0], prepared.affine[0], prepared.t2_affine[0], t2_shape), 0.0, 1.0)
         candidates = EXTRACT(native[0] if native.shape[0] == 1 else native)

@@ -106,8 +106,9 @@ def load_study_data(config: StudyConfig, *, progress: bool = True, cache: str | 
     return sets
 
 
-def _localiser_probs(params, config: TrainConfig, images):
-    return predict_localiser(params, config.localiser, images)["prob"]
+def _localiser_probs(params, config: TrainConfig, images, mirror: bool | None = None):
+    mirror = config.mirror_tta if mirror is None else mirror
+    return predict_localiser(params, config.localiser, images, mirror=mirror)["prob"]
 
 
 def _mean_std(values) -> tuple[float, float]:
@@ -166,6 +167,14 @@ def run_study(config: StudyConfig, out_dir, *, force: bool = False, progress: bo
     ref, val, second, pool, test = (data[k] for k in ("reference", "val", "second", "deploy", "test"))
     base = config.train
     per_seed: dict[str, list[dict]] = {name: [] for name in ORDER_ROWS}
+    # With mirror_tta, each row's site-D figures without it too (what the mirror adds).
+    unmirrored: dict[str, list[dict]] = {name: [] for name in ORDER_ROWS}
+
+    def record(name: str, probs_fn: Callable[[bool], np.ndarray], mirror: bool):
+        per_seed[name].append(detection_summary(probs_fn(mirror), test["lesion_mask"]))
+        if mirror:
+            unmirrored[name].append(detection_summary(probs_fn(False), test["lesion_mask"]))
+
     deployment: dict[str, dict[int, list[dict]]] = {u: {k: [] for k in config.deploy_schedule}
                                                     for u in ("bald", "entropy", "random")}
     classification, full_probs, seen_order = [], None, {}
@@ -175,22 +184,21 @@ def run_study(config: StudyConfig, out_dir, *, force: bool = False, progress: bo
         where = runs / f"seed{seed}"
         log(f"seed {seed}: localiser on site {t.reference}")
         params_a, _ = train_localiser(t, ref, where / "A", progress=progress, force=force)
-        per_seed["A alone"].append(detection_summary(_localiser_probs(params_a, t, test["image"]), test["lesion_mask"]))
+        record("A alone", lambda m: _localiser_probs(params_a, t, test["image"], m), t.mirror_tta)
         models = {}
         for order in ("random", "similarity"):
             log(f"seed {seed}: continued on {t.second} in {order} order")
             models[order], _, info = continue_localiser(t, params_a, ref, second, where / f"AB_{order}", order=order,
                                                         progress=progress, force=force)
             seen_order[f"seed{seed}_{order}"] = info
-            name = f"A+B {order} order"
-            per_seed[name].append(detection_summary(_localiser_probs(models[order], t, test["image"]),
-                                                    test["lesion_mask"]))
+            record(f"A+B {order} order", lambda m: _localiser_probs(models[order], t, test["image"], m),
+                   t.mirror_tta)
         log(f"seed {seed}: localiser on site {t.second} alone")
         # As many steps as the reference site's and the continued run together.
         alone = dataclasses.replace(t.reference_phase, steps=t.reference_phase.steps + t.continue_phase.steps)
         params_b, _ = train_localiser(t, second, where / "B", progress=progress, force=force, name="phase1_b_alone",
                                       phase=alone)
-        per_seed["B alone"].append(detection_summary(_localiser_probs(params_b, t, test["image"]), test["lesion_mask"]))
+        record("B alone", lambda m: _localiser_probs(params_b, t, test["image"], m), t.mirror_tta)
         seen = {k: np.concatenate([ref[k], second[k]]) for k in ("image", "lesion_mask", "grade", "significant")}
         deployed = {}
         for uncertainty in deployment:
@@ -211,8 +219,9 @@ def run_study(config: StudyConfig, out_dir, *, force: bool = False, progress: bo
         joint, _ = train_classifier(t, params_d, train2, where / "full", progress=progress, force=force)
         save_model_record(where / "full", t, {"phases": {"phase1_deploy": {k: info[k] for k in ("uncertainty", "k")}},
                                               "note": "the study's full method (jaxmed lesions predict --model)"})
-        out = predict_lesions(joint, t.localiser, t.classifier, test["image"])
-        per_seed["full method"].append(detection_summary(out["prob"], test["lesion_mask"]))
+        out = predict_lesions(joint, t.localiser, t.classifier, test["image"], mirror=t.mirror_tta)
+        record("full method", lambda m: out["prob"] if m == t.mirror_tta else
+               predict_lesions(joint, t.localiser, t.classifier, test["image"], mirror=m)["prob"], t.mirror_tta)
         classification.append(classification_metrics(out["significant"], out["grade_probs"], test["significant"],
                                                      test["grade"]))
         if full_probs is None:
@@ -234,6 +243,9 @@ def run_study(config: StudyConfig, out_dir, *, force: bool = False, progress: bo
         fusion_rows[fusion] = {"val": detection_summary(_localiser_probs(params_f, tf, val["image"]), val["lesion_mask"]),
                                "test": detection_summary(_localiser_probs(params_f, tf, test["image"]),
                                                          test["lesion_mask"])}
+        if tf.mirror_tta:  # the validation evidence for the mirror: the reference site's own held-out exams
+            fusion_rows[fusion]["val_unmirrored"] = detection_summary(
+                _localiser_probs(params_f, tf, val["image"], False), val["lesion_mask"])
     timings["fusions_s"] = time.perf_counter() - t_fusion
 
     # Synthesis-based anomaly map.
@@ -286,6 +298,7 @@ def run_study(config: StudyConfig, out_dir, *, force: bool = False, progress: bo
 
     tables = {
         "orders": study_table(per_seed),
+        **({"orders_unmirrored": study_table(unmirrored)} if base.mirror_tta else {}),
         "deployment": _deployment_table(deployment, ks),
         "synthesis": study_table({k: [v] for k, v in synthesis.items()}, metrics=("pixel_auroc", "case_auroc",
                                                                                   "score", "ap"), label="map"),
@@ -299,6 +312,8 @@ def run_study(config: StudyConfig, out_dir, *, force: bool = False, progress: bo
         "config": config_to_json(config),
         "site_d": {name: {"per_seed": rows, **{m: dict(zip(("mean", "std"), _mean_std([r[m] for r in rows])))
                                                for m in _METRICS}} for name, rows in per_seed.items()},
+        **({"site_d_unmirrored": {name: {"per_seed": rows} for name, rows in unmirrored.items()}}
+           if base.mirror_tta else {}),
         "full_method_intervals": {k: dict(zip(("estimate", "low", "high"), getattr(intervals, k)))
                                   for k in ("score", "auroc", "ap")},
         "deployment": {u: {str(k): rows for k, rows in d.items()} for u, d in deployment.items()},
@@ -323,16 +338,20 @@ def _deployment_table(deployment, ks) -> str:
 
 
 def _fusion_table(rows) -> str:
-    lines = ["| fusion | reference-site validation score | site-D score | site-D AUROC | site-D AP |",
-             "|---|---|---|---|---|"]
+    plain = all("val_unmirrored" in r for r in rows.values())
+    extra = " validation score without the mirror |" if plain else ""
+    lines = ["| fusion | reference-site validation score |" + extra + " site-D score | site-D AUROC | site-D AP |",
+             "|---|---|---|---|---|" + ("---|" if plain else "")]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['val']['score']:.3f} | {r['test']['score']:.3f} | {r['test']['auroc']:.3f} | "
-                     f"{r['test']['ap']:.3f} |")
+        cell = f" {r['val_unmirrored']['score']:.3f} |" if plain else ""
+        lines.append(f"| {name} | {r['val']['score']:.3f} |{cell} {r['test']['score']:.3f} | "
+                     f"{r['test']['auroc']:.3f} | {r['test']['ap']:.3f} |")
     return "\n".join(lines)
 
 
 def _results_md(tables: dict[str, str]) -> str:
     titles = {"orders": "Site D (never trained on): PI-CAI ranking score, AUROC, AP, Dice",
+              "orders_unmirrored": "The same without the mirror at test time",
               "deployment": "Site-D ranking score after fine-tuning on k labelled site-C exams",
               "synthesis": "Synthesis-based anomaly map against the localiser on site D",
               "fusion": "Fusion of the per-modality maps (trained on site A)",
