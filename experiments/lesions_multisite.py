@@ -16,8 +16,9 @@ on 2 CPU cores; ``--fusions mean max learned`` adds the fusion comparison
 widens the U-Net (localiser and classifier encoder), ``--augment`` trains
 every phase with the acquisition augmentation, ``--mirror-tta`` predicts
 with each exam's left-right mirror averaged in (and reports the figures
-without it beside), ``--reference-steps`` sets
-the site-A run and ``--train-exams`` the exams of A and B.
+without it beside), ``--reference-steps`` sets the site-A run,
+``--deploy-lr`` the deployment fine-tuning's learning rate and
+``--train-exams`` the exams of A and B.
 Then it checks the site-D scores of the full method against picai_eval
 (with report_guided_annotation's dynamic extraction) when they are installed
 (the test extras). It writes summary.json, results.md and the PNGs into --out.
@@ -130,6 +131,8 @@ def main(argv=None) -> int:
                    help="fusions trained on A and compared (default: the default fusion only; the demo compares all)")
     p.add_argument("--reference-steps", type=int, metavar="N",
                    help="steps of the localiser on A (default the study's, 300)")
+    p.add_argument("--deploy-lr", type=float, metavar="LR",
+                   help="learning rate of the deployment fine-tuning (default the study's, 5e-4)")
     p.add_argument("--features", type=int, help="the U-Net's base width (default the study's, 8)")
     p.add_argument("--train-exams", type=int, metavar="N", help="exams of each training site, A and B (default 240)")
     p.add_argument("--augment", action="store_true",
@@ -145,6 +148,9 @@ def main(argv=None) -> int:
     if args.reference_steps:
         train = dataclasses.replace(train, reference_phase=dataclasses.replace(train.reference_phase,
                                                                                steps=args.reference_steps))
+    if args.deploy_lr:
+        train = dataclasses.replace(train, deploy_phase=dataclasses.replace(train.deploy_phase,
+                                                                           learning_rate=args.deploy_lr))
     if args.features:
         train = with_width(train, args.features)
     if args.augment:
