@@ -130,7 +130,7 @@ def test_a_stopped_phase_resumes_bit_for_bit(workspace, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed), jax.device_get(whole))
     assert [r["loss"] for r in records] == [r["loss"] for r in whole_records]
     other = dataclasses.replace(CONFIG, reference_phase=PhaseConfig(steps=4, batch_size=4))
-    with pytest.raises(FileExistsError, match="another run"):
+    with pytest.raises(FileExistsError, match=r"another run \(its config.json differs in optim.steps\)"):
         train_localiser(other, data, tmp_path / "stopped", progress=False)
 
 

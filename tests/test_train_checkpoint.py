@@ -15,6 +15,7 @@ from _helpers import numpy_params
 from jaxmed.data.batching import batch_indices
 from jaxmed.train import (
     Checkpointer,
+    config_differences,
     OptimConfig,
     TrainConfig,
     TrainState,
@@ -176,3 +177,15 @@ def test_load_model_errors_name_the_problem(tmp_path):
     save_config(tmp_path, {"model": {"name": "vae", "config": model_config_to_dict(fields)}})
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         load_model(tmp_path)
+
+
+def test_config_differences_name_the_leaves_that_differ():
+    stored = {"init": "ab12", "model": {"features": 8, "depth": 2, "norm": {"groups": 4}},
+              "optim": {"steps": 300, "lr": 1e-3}, "sites": ["A", "B"], "old": 1}
+    asked = {"init": "ab12", "model": {"features": 16, "depth": 2, "norm": {"groups": 8}},
+             "optim": {"steps": 300, "lr": 1e-3}, "sites": ["A", "C"], "new": 2}
+    assert config_differences(stored, asked) == ["model.features", "model.norm.groups", "new", "old", "sites"]
+    assert config_differences(stored, json.loads(json.dumps(stored))) == []
+    assert config_differences({"model": {"features": 8}}, {"model": 8}) == ["model"]
+    assert config_differences(1, 2) == ["(the record)"]
+

@@ -13,6 +13,7 @@ Typical use::
 
 from jaxmed.train.checkpoint import (
     Checkpointer,
+    config_differences,
     load_config,
     load_model,
     load_preprocessing,
@@ -57,6 +58,7 @@ __all__ = [
     "TrainConfig",
     "TrainState",
     "batch_sharding",
+    "config_differences",
     "config_from_dict",
     "fit",
     "initialize_distributed",

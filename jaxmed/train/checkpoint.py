@@ -194,6 +194,24 @@ def save_config(run_dir: str | os.PathLike, config: dict[str, Any]) -> Path:
     return path
 
 
+def config_differences(stored: Any, asked: Any, prefix: str = "") -> list[str]:
+    """Where two JSON records differ, as dotted keys (``["init", "model.features"]``).
+
+    Dicts are compared key by key (sorted), down to their leaves; a key on
+    one side only differs; anything else (lists, numbers, strings) differs
+    as a whole. Two different non-dicts at the top give ``["(the record)"]``.
+    """
+    if isinstance(stored, dict) and isinstance(asked, dict):
+        out = []
+        for k in sorted(set(stored) | set(asked), key=str):
+            if k in stored and k in asked:
+                out += config_differences(stored[k], asked[k], f"{prefix}{k}.")
+            else:
+                out.append(f"{prefix}{k}")
+        return out
+    return [] if stored == asked else [prefix[:-1] or "(the record)"]
+
+
 def load_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     """Reads ``run_dir/config.json``.
 

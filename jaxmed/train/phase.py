@@ -31,7 +31,7 @@ import jax
 import numpy as np
 import optax
 
-from jaxmed.train.checkpoint import Checkpointer, save_config
+from jaxmed.train.checkpoint import Checkpointer, config_differences, save_config
 from jaxmed.train.config import TrainConfig
 from jaxmed.train.loop import fit
 from jaxmed.train.metrics_log import plot_loss_curve, read_metrics
@@ -48,6 +48,14 @@ def params_digest(params: Any) -> str:
     for leaf in jax.tree.leaves(jax.device_get(params)):
         digest.update(np.ascontiguousarray(leaf).tobytes())
     return digest.hexdigest()
+
+
+def _what_differs(stored: dict | None, record: dict, most: int = 6) -> str:
+    if stored is None:
+        return "no config.json"
+    keys = ["init (the starting variables)" if k == "init" else k for k in config_differences(stored, record)]
+    more = f" and {len(keys) - most} more" if len(keys) > most else ""
+    return f"its config.json differs in {', '.join(keys[:most])}{more}"
 
 
 @functools.lru_cache(maxsize=32)
@@ -86,7 +94,8 @@ def run_phase(loss_fn: Callable, params: Any, tx: optax.GradientTransformation, 
 
     Raises:
       FileExistsError: ``run_dir`` holds another run (or files but no
-        ``config.json``) and ``force`` is False.
+        ``config.json``) and ``force`` is False; the message names the
+        fields of ``config.json`` that differ (`config_differences`).
     """
     run_dir = Path(run_dir)
     record = json.loads(json.dumps({**record, "init": params_digest(params)}))
@@ -95,8 +104,8 @@ def run_phase(loss_fn: Callable, params: Any, tx: optax.GradientTransformation, 
         stored = json.loads(config_path.read_text()) if config_path.is_file() else None
         if stored != record:
             if not force:
-                what = "different settings" if stored else "no config.json"
-                raise FileExistsError(f"{run_dir}: holds another run ({what}); pass force to start it over")
+                raise FileExistsError(f"{run_dir}: holds another run ({_what_differs(stored, record)}); "
+                                      "pass force to start it over")
             shutil.rmtree(run_dir)
     state = TrainState.create(params=params, tx=tx, key=key)
     if log_every is None:

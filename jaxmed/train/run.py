@@ -30,6 +30,7 @@ from jaxmed.train.checkpoint import (
     CONFIG_FILE,
     PREPROCESS_FILE,
     Checkpointer,
+    config_differences,
     load_config,
     save_config,
     save_preprocessing,
@@ -236,7 +237,7 @@ def _check_same_data(stored: Any, loaded: dict[str, Any], out_dir: Path) -> None
     loaded = json.loads(json.dumps(loaded))  # as config.json holds it
     if stored is None or stored == loaded:
         return
-    keys = sorted(k for k in set(stored) | set(loaded) if stored.get(k) != loaded.get(k))
+    keys = config_differences(stored, loaded)
     raise ValueError(
         f"{out_dir}: cannot resume: the data or its train/validation split changed since the run started "
         f"(differs in {', '.join(keys)}; e.g. files added, or a jaxmed version that splits differently). "

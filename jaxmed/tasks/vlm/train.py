@@ -49,7 +49,7 @@ from jaxmed.tasks.vlm.data import (
 )
 from jaxmed.tasks.vlm.model import VisionLanguageModel, VLMConfig, patchify
 from jaxmed.tasks.vlm.tokenizer import Tokenizer, train_tokenizer
-from jaxmed.train import Checkpointer, OptimConfig, make_optimizer, run_phase
+from jaxmed.train import Checkpointer, OptimConfig, config_differences, make_optimizer, run_phase
 
 __all__ = ["VLM_FILE", "TOKENIZER_FILE", "VLMModel", "load_vlm", "make_vlm_loss", "model_config", "step_plan",
            "stored_task_config", "task_data", "train_vlm"]
@@ -283,7 +283,7 @@ def train_vlm(task: VLMTaskConfig, out_dir: str | os.PathLike, *, force: bool = 
     out = prepare_out_dir(out_dir, force=force or resume, replace=() if resume else ("model", "autoencoder"))
     stored = stored_task_config(out) if resume else None
     if stored is not None and stored != task:
-        changed = sorted(k for k, v in task_config_to_json(task).items() if task_config_to_json(stored)[k] != v)
+        changed = config_differences(task_config_to_json(stored), task_config_to_json(task))
         raise FileExistsError(f"{out}: holds another run (its {VLM_FILE} differs in {', '.join(changed)}); "
                               "resume it with its own settings, or start over with force")
     (out / VLM_FILE).write_text(json.dumps({"jaxmed_version": jaxmed.__version__, "task": task_config_to_json(task),
