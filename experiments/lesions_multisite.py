@@ -17,6 +17,7 @@ widens the U-Net (localiser and classifier encoder), ``--augment`` trains
 every phase with the acquisition augmentation, ``--mirror-tta`` predicts
 with each exam's left-right mirror averaged in (and reports the figures
 without it beside), ``--reference-steps`` sets the site-A run,
+``--frozen-steps`` and ``--joint-steps`` the classifier's two runs,
 ``--deploy-lr`` the deployment fine-tuning's learning rate and
 ``--train-exams`` the exams of A and B.
 Then it checks the site-D scores of the full method against picai_eval
@@ -134,6 +135,10 @@ def main(argv=None) -> int:
                    help="fusions trained on A and compared (default: the default fusion only; the demo compares all)")
     p.add_argument("--reference-steps", type=int, metavar="N",
                    help="steps of the localiser on A (default the study's, 300)")
+    p.add_argument("--frozen-steps", type=int, metavar="N",
+                   help="steps of the classifier with the localiser frozen (default the study's, 100)")
+    p.add_argument("--joint-steps", type=int, metavar="N",
+                   help="steps of the end-to-end run (default the study's, 60)")
     p.add_argument("--deploy-lr", type=float, metavar="LR",
                    help="learning rate of the deployment fine-tuning (default the study's, 5e-4)")
     p.add_argument("--features", type=int, help="the U-Net's base width (default the study's, 8)")
@@ -151,6 +156,11 @@ def main(argv=None) -> int:
     if args.reference_steps:
         train = dataclasses.replace(train, reference_phase=dataclasses.replace(train.reference_phase,
                                                                                steps=args.reference_steps))
+    for name in ("frozen", "joint"):
+        if getattr(args, f"{name}_steps"):
+            phase = getattr(train, f"{name}_phase")
+            train = dataclasses.replace(train, **{f"{name}_phase": dataclasses.replace(
+                phase, steps=getattr(args, f"{name}_steps"))})
     if args.deploy_lr:
         train = dataclasses.replace(train, deploy_phase=dataclasses.replace(train.deploy_phase,
                                                                            learning_rate=args.deploy_lr))
