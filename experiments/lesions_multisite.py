@@ -69,7 +69,8 @@ similarity 0.794 ± 0.017, B alone 0.783 ± 0.031, full method 0.810 ± 0.002
 (0.812 / 0.808; seed-0 interval 0.740-0.882), still below 0.85
 (benchmarks/RESULTS.md, "Augmentation and the study at width 16"). With
 480 exams of A and B and ``--mirror-tta`` (48 min on 2 idle cores): full
-method 0.747 ± 0.011, A alone 0.639 ± 0.019, B alone 0.822 ± 0.003 (same
+method 0.747 ± 0.011, A alone 0.639 ± 0.019, B alone 0.822 ± 0.003; with
+``--continue-steps 900`` too (64 min): full method 0.786 ± 0.007 (same
 section).
 """
 
